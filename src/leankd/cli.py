@@ -1,0 +1,147 @@
+"""leankd command line.
+
+    leankd run configs/demo/cifar10-resnet20-resnet8.yaml [key=value ...] [--out runs] [--data-dir DIR]
+    leankd report [--out runs] [--experiment NAME] [--json]
+    leankd eval runs/students/<experiment>/kd-seed0.safetensors [--data-dir DIR]
+
+User mistakes (config, data, checkpoint, NaN loss) print one line naming the problem and the fix, and
+exit with status 2; nothing already written is lost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("leankd")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def user_error_types() -> tuple[type[Exception], ...]:
+    from leankd.config import ConfigError
+    from leankd.data.cifar10 import DataError
+    from leankd.teacher import CheckpointError
+    from leankd.train import TrainingError
+
+    return ConfigError, DataError, CheckpointError, TrainingError
+
+
+def cmd_run(args) -> int:
+    from leankd.config import load_config
+    from leankd.experiment import run_experiment
+    from leankd.report.table import write_report
+    from leankd.results.store import ResultsStore
+
+    cfg = load_config(args.config, args.overrides)
+    log.info("experiment %s (config hash %s): arms %s, seeds %s", cfg.name, cfg.hash(), list(cfg.arms), cfg.seeds)
+    run_experiment(cfg, args.data_dir, Path(args.out))
+    print(write_report(ResultsStore(Path(args.out) / "results.db").rows(cfg.name), args.out, cfg.name))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from leankd.report.table import summarise, to_json, write_report
+    from leankd.results.store import ResultsStore
+
+    db = Path(args.out) / "results.db"
+    if not db.is_file():
+        print(f"error: no results store at '{db}'; run `leankd run CONFIG --out {args.out}` first", file=sys.stderr)
+        return 2
+    store = ResultsStore(db)
+    names = [args.experiment] if args.experiment else store.experiments()
+    if args.experiment and args.experiment not in store.experiments():
+        print(f"error: no experiment '{args.experiment}' in {db}; known: {', '.join(store.experiments())}",
+              file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({n: json.loads(to_json(summarise(store.rows(n)))) for n in names}, indent=2))
+    else:
+        print(write_report(store.rows(), args.out, args.experiment))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from leankd.data.cifar10 import VisionLoader, cifar10_splits, resolve_data_dir
+    from leankd.config import DataConfig
+    from leankd.metrics import classification_metrics
+    from leankd.models import create_model
+    from leankd.precision import Precision
+    from leankd.teacher import CheckpointError, load_weights
+    from leankd.train import predict
+
+    ckpt = Path(args.checkpoint)
+    sidecar = ckpt.with_suffix(".json")
+    if not sidecar.is_file():
+        raise CheckpointError(f"checkpoint error: '{sidecar}' (model name and data settings) not found next to "
+                              f"'{ckpt}'; evaluate checkpoints saved by `leankd run`")
+    meta = json.loads(sidecar.read_text())
+    model = load_weights(create_model(meta["model"], meta["num_classes"]), ckpt)
+    data = DataConfig(**{k: v for k, v in meta["data"].items() if k != "val_size"}, val_size=meta["data"].get("val_size", 0))
+    split = cifar10_splits(resolve_data_dir(args.data_dir), data)[args.split]
+    if split is None:
+        raise CheckpointError(f"checkpoint error: split '{args.split}' is empty for this checkpoint's data settings")
+    prec = Precision.create(args.precision, torch.device("cpu"))
+    logits, labels = predict(model.to(memory_format=torch.channels_last), VisionLoader(*split, args.batch_size), prec,
+                             torch.device("cpu"))
+    metrics = classification_metrics(logits, labels)
+    stored = meta.get("metrics", {})
+    print(f"{ckpt}: {meta['model']} on {meta['task']} {args.split} ({len(labels)} images, {prec.name})")
+    for k, v in metrics.items():
+        print(f"  {k}: {100 * v:.2f}%" + (f"  (recorded at training: {100 * stored[k]:.2f}%)" if k in stored else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="leankd", description="Knowledge distillation at minimal compute, "
+                                "with an honest cost ledger.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run an experiment: teacher once, then every arm x seed")
+    r.add_argument("config", help="experiment YAML, e.g. configs/demo/cifar10-resnet20-resnet8.yaml")
+    r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3 seeds=[0,1]")
+    r.add_argument("--out", default="runs", help="folder for the results DB, stored teachers, configs and "
+                   "reports (default: runs)")
+    r.add_argument("--data-dir", default=None, help="data directory holding cifar10/ (default: $LEANKD_DATA_DIR)")
+    r.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="print and write the comparison table (Markdown, or JSON)")
+    rep.add_argument("--out", default="runs", help="folder holding results.db (default: runs)")
+    rep.add_argument("--experiment", default=None, help="only this experiment (default: all)")
+    rep.add_argument("--json", action="store_true", help="print the table rows as JSON for scripts")
+    rep.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("eval", help="re-evaluate a saved model (a .safetensors written by leankd run)")
+    e.add_argument("checkpoint", help="path to a saved student or teacher .safetensors")
+    e.add_argument("--data-dir", default=None, help="data directory (default: $LEANKD_DATA_DIR)")
+    e.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to score (default: test)")
+    e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    e.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="default: fp32")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    from leankd.experiment import JobFailed
+
+    try:
+        return args.func(args)
+    except user_error_types() as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except JobFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

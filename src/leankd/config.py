@@ -1,0 +1,202 @@
+"""Typed experiment config: YAML file + dotted `key=value` overrides -> `ExperimentConfig`.
+
+    cfg = load_config("configs/demo/cifar10-resnet20-resnet8.yaml", ["train.epochs=1", "seeds=[0,1]"])
+
+Every mistake is refused here, before any work starts, as a `ConfigError` whose message is one line that
+names the key and, for a typo, the closest valid key. Configs are data: `yaml.safe_load`, never eval.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["cifar10"] = "cifar10"
+    train_limit: int | None = Field(None, gt=0, description="use a fixed stratified-by-shuffle slice of train")
+    test_limit: int | None = Field(None, gt=0, description="use a fixed slice of the test split")
+    val_size: int = Field(0, ge=0, description="held-out validation images carved from train")
+    augment: bool = True
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(128, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_frac: float = Field(0.15, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+def _known_model(name: str) -> str:
+    from leankd.models import list_models  # local: models import torch
+
+    if name not in list_models():
+        close = difflib.get_close_matches(name, list_models(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(list_models())}"
+        raise ValueError(f"unknown model '{name}'{hint}")
+    return name
+
+
+class TeacherConfig(_Strict):
+    model: str = "resnet20"
+    checkpoint: str | None = Field(None, description="safetensors or torch file; skips training")
+    seed: int = 0
+    train: OptimConfig = OptimConfig()
+
+    _model = field_validator("model")(classmethod(lambda cls, v: _known_model(v)))
+
+
+class StudentConfig(_Strict):
+    model: str = "resnet8"
+
+    _model = field_validator("model")(classmethod(lambda cls, v: _known_model(v)))
+
+
+class ArmConfig(_Strict):
+    method: Literal["plain", "kd"] = "plain"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+
+class MeteringConfig(_Strict):
+    latency_batches: int = Field(20, ge=20, description="timed batches per latency figure (>= 20)")
+    latency_warmup: int = Field(3, ge=1)
+    isolate_arms: bool = Field(True, description="run each arm in its own child process (CPU peak memory)")
+
+
+class ExperimentConfig(_Strict):
+    name: str
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    train: OptimConfig = OptimConfig()
+    arms: dict[str, ArmConfig] = {"plain": ArmConfig(method="plain"), "kd": ArmConfig(method="kd")}
+    seeds: list[int] = [0]
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: torch's choice)")
+    metering: MeteringConfig = MeteringConfig()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_nonempty(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("list at least one seed")
+        return v
+
+    @model_validator(mode="after")
+    def _combos(self) -> "ExperimentConfig":
+        from leankd.precision import check_precision  # local: precision imports torch
+
+        check_precision(self.precision, self.device)
+        if not self.arms:
+            raise ValueError("list at least one arm")
+        return self
+
+    def hash(self) -> str:
+        return config_hash(self.model_dump(mode="json"))
+
+
+def config_hash(obj: Any) -> str:
+    """Stable 12-hex hash of a JSON-able object (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------- loading and overrides
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _valid_keys(ann, prefix + name + ".")
+    return keys
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config error: cannot set '{key}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"config error: override '{item}' is not key=value (e.g. train.epochs=3)")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return out
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        arm_fields = _valid_keys(ArmConfig)
+        valid = _valid_keys(ExperimentConfig) + [f"arms.<name>.{k}" for k in arm_fields]
+        probe = loc
+        if loc.startswith("arms.") and loc.count(".") >= 2:
+            probe = "arms.<name>." + loc.split(".", 2)[2]
+        return f"config error: unknown key '{loc}'{_suggest(probe, valid)}"
+    if e["type"] in ("value_error", "assertion_error"):
+        msg = str(e.get("ctx", {}).get("error", e["msg"]))
+        return f"config error: {loc + ': ' if loc else ''}{msg}"
+    return f"config error: {loc}: {e['msg'].lower()}, got {e.get('input')!r}"
+
+
+def build_config(tree: dict) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config error: file '{path}' not found (see configs/ for examples)")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config error: '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config error: '{path}' must hold a mapping at the top level")
+    tree.setdefault("name", path.stem)
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(tree, key, value)
+    return build_config(tree)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

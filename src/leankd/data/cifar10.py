@@ -1,0 +1,157 @@
+"""CIFAR-10 from a data directory: `<data_dir>/cifar10/cifar10_{train,test}.npz`.
+
+Each file holds uint8 `images` (N x 32 x 32 x 3, HWC RGB) and int64 `labels` (N,). The data directory comes
+from `--data-dir` or the `LEANKD_DATA_DIR` environment variable. Images stay uint8 in memory (150 MB for the
+full train split rather than 600 MB as float32) and are normalised per batch.
+
+    splits = cifar10_splits(data_dir, DataConfig(train_limit=2000, test_limit=1000))
+    loader = VisionLoader(*splits["train"], batch_size=128, seed=0, augment=True, shuffle=True)
+    for x, y in loader.epoch(0): ...
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from leankd.data import randomness as rnd
+
+# Per-channel statistics measured on this lossy copy's train split (pixels / 255).
+MEAN = (0.4913, 0.4821, 0.4465)
+STD = (0.2452, 0.2428, 0.2606)
+LAYOUT = "<data_dir>/cifar10/cifar10_{train,test}.npz with uint8 'images' (N,32,32,3) and int64 'labels' (N,)"
+
+
+class DataError(ValueError):
+    """A one-line, user-facing data error naming the file and the expected layout."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    raw = data_dir or os.environ.get("LEANKD_DATA_DIR")
+    if not raw:
+        raise DataError("data error: no data directory given; pass --data-dir DIR or set LEANKD_DATA_DIR "
+                        f"(expected layout: {LAYOUT})")
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data error: data directory '{path}' does not exist; pass --data-dir DIR or set "
+                        "LEANKD_DATA_DIR to the folder holding cifar10/ and glue/")
+    return path
+
+
+def cifar10_file(data_dir: Path, split: str) -> Path:
+    return data_dir / "cifar10" / f"cifar10_{split}.npz"
+
+
+def load_cifar10(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (images uint8 N x 3 x 32 x 32, labels int64 N); raises DataError on a missing/bad file."""
+    path = cifar10_file(data_dir, split)
+    if not path.is_file():
+        raise DataError(f"data error: CIFAR-10 file '{path}' not found; expected {LAYOUT}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except KeyError as err:
+        raise DataError(f"data error: '{path}' lacks key {err}; expected {LAYOUT}") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"data error: '{path}' is not a readable .npz ({err}); expected {LAYOUT}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise DataError(f"data error: '{path}' images are {images.dtype} {images.shape}; expected {LAYOUT}")
+    if labels.shape != (len(images),) or labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"data error: '{path}' labels have shape {labels.shape} or values outside 0..9; "
+                        f"expected {LAYOUT}")
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels.astype(np.int64)
+
+
+def check_cifar10(data_dir: Path) -> None:
+    """Cheap up-front check (no decompression): both files exist and hold the expected arrays."""
+    for split in ("train", "test"):
+        path = cifar10_file(data_dir, split)
+        if not path.is_file():
+            raise DataError(f"data error: CIFAR-10 file '{path}' not found; expected {LAYOUT}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = set(z.files)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise DataError(f"data error: '{path}' is not a readable .npz ({err}); expected {LAYOUT}") from None
+        if not {"images", "labels"} <= names:
+            raise DataError(f"data error: '{path}' holds {sorted(names)}; expected {LAYOUT}")
+
+
+def file_identity(path: Path) -> str:
+    """sha256 of a data file (16 hex); part of the stored teacher's hash."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def cifar10_splits(data_dir: Path, data_cfg) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+    """train / val / test splits. Slices are fixed (seed-independent) so every arm sees the same data:
+    the train file is class-major, so slices come from a fixed shuffle, val first, then train."""
+    x, y = load_cifar10(data_dir, "train")
+    order = rnd.shuffle_order(len(x), seed=12345, epoch=0)
+    val_idx = order[: data_cfg.val_size]
+    rest = order[data_cfg.val_size:]
+    train_idx = np.sort(rest[: data_cfg.train_limit] if data_cfg.train_limit else rest)
+    xt, yt = load_cifar10(data_dir, "test")
+    if data_cfg.test_limit:
+        test_idx = np.sort(rnd.shuffle_order(len(xt), seed=54321, epoch=0)[: data_cfg.test_limit])
+        xt, yt = xt[test_idx], yt[test_idx]
+    val = (x[np.sort(val_idx)], y[np.sort(val_idx)]) if len(val_idx) else None
+    return {"train": (x[train_idx], y[train_idx]), "val": val, "test": (xt, yt)}
+
+
+def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD).view(1, 3, 1, 1) * 255
+    return ((x_uint8.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def augment(x: torch.Tensor, seed: int, epoch: int, index: np.ndarray, pad: int = 4) -> torch.Tensor:
+    """Random crop with `pad`-pixel zero padding + horizontal flip, per sample, from (seed, epoch, index)."""
+    b, c, h, w = x.shape
+    dx = torch.from_numpy(rnd.randint(seed, epoch, index, rnd.STREAM_CROP_X, 2 * pad + 1))
+    dy = torch.from_numpy(rnd.randint(seed, epoch, index, rnd.STREAM_CROP_Y, 2 * pad + 1))
+    flip = torch.from_numpy(rnd.uniform(seed, epoch, index, rnd.STREAM_FLIP) < 0.5)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * pad)
+    cols = torch.arange(w).expand(b, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]  # flip folded into the gather
+    return xp.gather(2, rows).gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+class VisionLoader:
+    """Batches of (normalised float images, labels) from uint8 arrays; no worker processes needed."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
+                 augment: bool = False, shuffle: bool = False):
+        self.images, self.labels = torch.from_numpy(images), torch.from_numpy(labels)
+        self.batch_size, self.seed, self.augment, self.shuffle = batch_size, seed, augment, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def batch_sizes(self) -> list[int]:
+        n, b = len(self.labels), self.batch_size
+        return [b] * (n // b) + ([n % b] if n % b else [])
+
+    def epoch(self, epoch: int):
+        n = len(self.labels)
+        order = rnd.shuffle_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            t = torch.from_numpy(idx)
+            x = self.images[t]
+            if self.augment:
+                x = augment(x, self.seed, epoch, idx)
+            yield normalise(x), self.labels[t]

@@ -1,0 +1,230 @@
+"""Comparison tables (teacher / plain / distilled arms) from run rows, as Markdown and JSON.
+
+Usage::
+
+    from leankd.results.store import ResultsStore
+    from leankd.report.table import summarise, to_markdown, write_report
+    rows = ResultsStore("runs/results.db").rows()
+    text = write_report(rows, "runs/report")          # writes runs/report/report.md (+ report.json)
+    summary = summarise([r for r in rows if r["experiment"] == "cifar-demo"])
+    print(to_markdown(summary, "cifar-demo"))
+
+`summarise` gives one dict per arm (teacher first, then `plain`, then the other arms in the order
+first seen). Every metric and every numeric ledger figure becomes ``{"mean", "std", "n"}`` over the
+arm's seeds (sample std, 0.0 for one value; None values skipped; the whole figure is None when no
+seed has a value). A seed that appears twice (a re-run) counts once, with its latest row.
+Ratios ``total_s_vs_plain`` / ``train_flops_vs_plain`` are ratios of means to the plain arm.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+LEDGER_FIGURES = ("train_s", "teacher_s", "cache_share_s", "total_s", "train_flops",
+                  "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1", "infer_ms_p90_b1",
+                  "peak_mem_mb", "energy_j", "params", "size_mb")
+# Metrics stored as fractions that read better as percent (GLUE reports MCC/correlations x100 too).
+_PERCENT_HINTS = ("acc", "f1", "agreement", "precision", "recall", "matthews", "mcc",
+                  "pearson", "spearman")
+_NA = "—"  # not applicable (teacher ratios, a metric an arm does not have)
+
+
+def _stats(values: list[Any]) -> dict[str, float | int] | None:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return {"mean": statistics.fmean(vals), "std": std, "n": len(vals)}
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    return list(dict.fromkeys(v for v in values if v is not None))
+
+
+def _joined(values: list[Any]) -> str | None:
+    return ", ".join(str(v) for v in _distinct(values)) or None
+
+
+def _ratio(arm: dict | None, plain: dict | None) -> float | None:
+    if arm is None or plain is None or not plain["mean"]:
+        return None
+    return arm["mean"] / plain["mean"]
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One summary dict per arm for the rows of one experiment (see the module docstring)."""
+    if len({r["experiment"] for r in rows}) > 1:
+        raise ValueError("summarise() takes the rows of one experiment; group them first "
+                         "(write_report does this)")
+    groups: dict[str, dict[Any, dict]] = {}
+    for r in rows:
+        arm = "teacher" if r.get("role") == "teacher" else r["arm"]
+        groups.setdefault(arm, {})[r.get("seed")] = r  # later row of the same seed replaces it
+    order = [a for a in ("teacher", "plain") if a in groups]
+    order += [a for a in groups if a not in order]
+
+    out = []
+    for arm in order:
+        runs = list(groups[arm].values())
+        metric_names = _distinct([k for r in runs for k in (r.get("metrics") or {})])
+        s: dict[str, Any] = {
+            "experiment": runs[0]["experiment"], "arm": arm,
+            "role": "teacher" if arm == "teacher" else "student",
+            "n": len(runs), "seeds": [r.get("seed") for r in runs],
+            "model": _joined([r.get("model") for r in runs]),
+            "task": _joined([r.get("task") for r in runs]),
+            "split": _joined([r.get("split") for r in runs]),
+            "metrics": {m: _stats([(r.get("metrics") or {}).get(m) for r in runs])
+                        for m in metric_names},
+        }
+        for fig in LEDGER_FIGURES:
+            s[fig] = _stats([r.get(fig) for r in runs])
+        sizes = _distinct([r.get("infer_batch_size") for r in runs])
+        s["infer_batch_size"] = sizes[0] if len(sizes) == 1 else (sizes or None)
+        s["energy_source"] = _joined([r.get("energy_source") for r in runs])
+        s["peak_mem_source"] = _joined([r.get("peak_mem_source") for r in runs])
+        out.append(s)
+
+    plain = next((s for s in out if s["arm"] == "plain"), None)
+    for s in out:
+        student = s["role"] == "student" and plain is not None
+        s["total_s_vs_plain"] = _ratio(s["total_s"], plain["total_s"]) if student else None
+        s["train_flops_vs_plain"] = _ratio(s["train_flops"], plain["train_flops"]) if student else None
+    return out
+
+
+# ---- formatting -----------------------------------------------------------------------------
+
+def _num(x: float, ref: float | None = None) -> str:
+    """About 3 significant digits of `ref` (the mean), so a std prints to the mean's decimals."""
+    ax = abs(x if ref is None else ref)
+    if not math.isfinite(x) or not math.isfinite(ax):
+        return str(x)
+    decimals = 2 - math.floor(math.log10(ax)) if ax else 2
+    return f"{x:.{max(decimals, 0)}f}" if decimals <= 6 else f"{x:.3g}"
+
+
+def _pm(stat: dict | None, fmt: Callable[..., str], drop_zero_std: bool = False) -> str:
+    """`mean ± std` for several values, the mean alone for one; "unavailable" when None."""
+    if stat is None:
+        return "unavailable"
+    if stat["n"] == 1 or (drop_zero_std and stat["std"] == 0):
+        return fmt(stat["mean"])
+    return f"{fmt(stat['mean'])} ± {fmt(stat['std'], stat['mean'])}"
+
+
+def _flops(stat: dict | None) -> str:
+    if stat is None:
+        return "unavailable"
+    scale, unit = next(((10.0 ** e, u) for e, u in ((18, "E"), (15, "P"), (12, "T"), (9, "G"),
+                                                    (6, "M"), (3, "K")) if stat["mean"] >= 10.0 ** e),
+                       (1.0, ""))
+    return _pm(stat, lambda v, ref=None: f"{v / scale:.2f}") + f" {unit}FLOP"
+
+
+def _params(stat: dict | None) -> str:
+    def fmt(v: float, ref: float | None = None) -> str:
+        return f"{v / 1e9:.2f}B" if abs(v) >= 1e9 else f"{v / 1e6:.2f}M"
+    return _pm(stat, fmt, drop_zero_std=True)  # same architecture over seeds: no "± 0.00M"
+
+
+def _energy(s: dict) -> str:
+    src = s["energy_source"]
+    if s["energy_j"] is None:
+        return "unavailable" + (f" ({src})" if src and src != "unavailable" else "")
+    return _pm(s["energy_j"], _num) + (f" ({src})" if src else "")
+
+
+def _is_percent(metric: str) -> bool:
+    return any(h in metric.lower() for h in _PERCENT_HINTS)
+
+
+def _metric_cell(s: dict, name: str) -> str:
+    if name not in s["metrics"]:
+        return _NA
+    fmt = (lambda v, ref=None: f"{100 * v:.2f}") if _is_percent(name) else _num
+    return _pm(s["metrics"][name], fmt)
+
+
+def to_markdown(summary: list[dict], title: str) -> str:
+    """A `## title` section with one table row per arm (teacher first) and a legend."""
+    metric_names = _distinct([m for s in summary for m in s["metrics"]])
+    sizes = _distinct([b for s in summary for b in (s["infer_batch_size"] if
+                       isinstance(s["infer_batch_size"], list) else [s["infer_batch_size"]])])
+    one_bs = len(sizes) <= 1  # else each cell names its own batch size
+    bs = f"bs={sizes[0]}" if len(sizes) == 1 else "train bs"
+
+    def infer(fig: str) -> Callable[[dict], str]:
+        def cell(s: dict) -> str:
+            text = _pm(s[fig], _num)
+            return text if one_bs or fig.endswith("_b1") else f"{text} (bs={s['infer_batch_size']})"
+        return cell
+
+    columns: list[tuple[str, Callable[[dict], str]]] = [("arm", lambda s: s["arm"]),
+                                                        ("n", lambda s: str(s["n"]))]
+    columns += [(f"{m} (%)" if _is_percent(m) else m, lambda s, m=m: _metric_cell(s, m))
+                for m in metric_names]
+    columns += [(f, lambda s, f=f: _pm(s[f], _num))
+                for f in ("train_s", "teacher_s", "cache_share_s", "total_s")]
+    columns += [("train_flops", lambda s: _flops(s["train_flops"])),
+                (f"infer ms p50 @{bs}", infer("infer_ms_p50")),
+                (f"infer ms p90 @{bs}", infer("infer_ms_p90")),
+                ("infer ms p50 @bs=1", infer("infer_ms_p50_b1")),
+                ("infer ms p90 @bs=1", infer("infer_ms_p90_b1")),
+                ("peak_mem_mb", lambda s: _pm(s["peak_mem_mb"], _num)),
+                ("energy_j", _energy),
+                ("params", lambda s: _params(s["params"])),
+                ("size_mb", lambda s: _pm(s["size_mb"], _num, drop_zero_std=True)),
+                ("total_s ×plain", lambda s: _NA if s["total_s_vs_plain"] is None
+                 else f"{s['total_s_vs_plain']:.2f}"),
+                ("flops ×plain", lambda s: _NA if s["train_flops_vs_plain"] is None
+                 else f"{s['train_flops_vs_plain']:.2f}")]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = [f"## {title}", ""]
+    where = [f"{k}: {v}" for k in ("task", "split") if (v := _joined([s[k] for s in summary]))]
+    if where:
+        lines += [", ".join(where), ""]
+    lines.append(line([h for h, _ in columns]))
+    lines.append("|" + "---|" * len(columns))
+    lines += [line([cell(s) for _, cell in columns]) for s in summary]
+    lines += ["", "n = seeds; cells are mean ± sample std over seeds (the mean alone for n = 1). "
+              "Times in s: train_s is the training loop only (evaluation and warm-up excluded); "
+              "teacher_s is a breakdown (part of train_s for an online teacher, the cache share "
+              "for a cached one); total_s = train_s + cache_share_s. Memory in MiB, energy in J "
+              "with its source. ×plain: ratio of means to the plain arm.", ""]
+    return "\n".join(lines)
+
+
+def to_json(summary: list[dict]) -> str:
+    """The summary rows, machine readable."""
+    return json.dumps(summary, indent=2)
+
+
+def write_report(store_rows: list[dict], out_dir: str | Path, experiment: str | None = None) -> str:
+    """Write `out_dir/report.md` (one section per experiment) and `report.json`; return the Markdown."""
+    by_exp: dict[str, list[dict]] = {}
+    for r in store_rows:
+        by_exp.setdefault(r["experiment"], []).append(r)
+    if experiment is not None:
+        if experiment not in by_exp:
+            raise ValueError(f"no rows for experiment {experiment!r}; experiments with rows: "
+                             f"{list(by_exp)}")
+        by_exp = {experiment: by_exp[experiment]}
+    summaries = {name: summarise(rows) for name, rows in by_exp.items()}
+    text = "\n".join(["# leankd report", ""] +
+                     [to_markdown(s, name) for name, s in summaries.items()])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(summaries, indent=2), encoding="utf-8")
+    log.info("wrote %s (%d experiment(s))", out / "report.md", len(summaries))
+    return text

@@ -1,0 +1,192 @@
+"""Run rows in one SQLite file (WAL mode): metrics, cost ledger and provenance of every run.
+
+Usage::
+
+    from leankd.results.store import ResultsStore
+    store = ResultsStore("runs/results.db")          # creates runs/ and the schema if missing
+    row_id = store.insert({"experiment": "cifar-demo", "config_hash": "ab12", "role": "student",
+                           "arm": "kd", "seed": 0, "metrics": {"accuracy": 0.81}, "train_s": 41.2, ...})
+    done = store.find("cifar-demo", "ab12", "kd", 0)  # latest matching row or None: skip finished work
+    rows = store.rows("cifar-demo")                   # list of dicts, JSON columns decoded, by id
+
+Each ``insert`` is its own committed transaction, so a crash later loses no finished run. Every
+method opens a short-lived connection, so several processes may share the file (WAL lets readers
+run while one writer commits). Rows are append-only: a re-run adds a row, ``find`` returns the latest.
+
+Schema of table ``runs`` (one row per trained model: the teacher once, each arm x seed once).
+Absent figures are NULL, never 0. Seconds are wall-clock seconds with the device synchronised.
+
+| column | type | unit / meaning |
+|---|---|---|
+| `id` | INTEGER | primary key, increases with insertion order |
+| `experiment` | TEXT | experiment name (the config's name) |
+| `config_hash` | TEXT | hash of the resolved config of this run |
+| `role` | TEXT | `teacher` or `student` |
+| `arm` | TEXT | arm name (`plain`, `kd`, ...); `teacher` for the teacher row |
+| `seed` | INTEGER | random seed of the run |
+| `model` | TEXT | model name (registry name or Hugging Face name/path) |
+| `task` | TEXT | task / data set (e.g. `cifar10`, `sst2`) |
+| `split` | TEXT | split the metrics were computed on (`test` for CIFAR-10, `dev` for GLUE) |
+| `metrics` | TEXT (JSON) | metric name -> value, fractions not percent (`accuracy`, `macro_f1`, `agreement`, ...) |
+| `train_s` | REAL | s, the arm's whole training step loop; evaluation, checkpointing, warm-up excluded |
+| `teacher_s` | REAL | s, teacher work of this arm (online: part of `train_s`; cached: its share of the cache build) |
+| `cache_share_s` | REAL | s, cache build time charged to this arm; 0 with an online teacher |
+| `total_s` | REAL | s, `train_s + cache_share_s`: the time compared across arms |
+| `train_flops` | INTEGER | FLOP, of training incl. teacher forwards, counted over the actual batch shapes |
+| `infer_batch_size` | INTEGER | batch size of `infer_ms_p50` / `infer_ms_p90` (the training batch size) |
+| `infer_ms_p50` | REAL | ms per batch, median over >= 20 batches after warm-up, at `infer_batch_size` |
+| `infer_ms_p90` | REAL | ms per batch, 90th percentile, at `infer_batch_size` |
+| `infer_ms_p50_b1` | REAL | ms per batch, median, at batch size 1 |
+| `infer_ms_p90_b1` | REAL | ms per batch, 90th percentile, at batch size 1 |
+| `peak_mem_mb` | REAL | MiB, peak memory of this run alone |
+| `peak_mem_source` | TEXT | how the peak was read (`cuda_max_allocated`, `child_rss_minus_baseline`) |
+| `energy_j` | REAL | J, energy of training; NULL when unavailable |
+| `energy_source` | TEXT | `nvml`, `rapl`, `estimated` (only when asked for) or `unavailable` |
+| `params` | INTEGER | parameter count of the model |
+| `size_mb` | REAL | MiB, size of the saved weights |
+| `extra` | TEXT (JSON) | anything else: arm settings, val accuracy, epochs, precision, cache sharing rule |
+| `provenance` | TEXT (JSON) | resolved config, git commit, code hash, library versions, device, threads, seed, times |
+| `started_at` | TEXT | ISO-8601 time the run started |
+| `ended_at` | TEXT | ISO-8601 time the run ended |
+
+Table ``meta`` (key, value) holds ``schema_version``; a file with another version is refused.
+The same table is in docs/results-schema.md.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# (name, SQL type) in table order; `id` is added by the schema. Single source for schema and checks.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("experiment", "TEXT NOT NULL"),
+    ("config_hash", "TEXT"),
+    ("role", "TEXT NOT NULL"),
+    ("arm", "TEXT NOT NULL"),
+    ("seed", "INTEGER"),
+    ("model", "TEXT"),
+    ("task", "TEXT"),
+    ("split", "TEXT"),
+    ("metrics", "TEXT"),
+    ("train_s", "REAL"),
+    ("teacher_s", "REAL"),
+    ("cache_share_s", "REAL"),
+    ("total_s", "REAL"),
+    ("train_flops", "INTEGER"),
+    ("infer_batch_size", "INTEGER"),
+    ("infer_ms_p50", "REAL"),
+    ("infer_ms_p90", "REAL"),
+    ("infer_ms_p50_b1", "REAL"),
+    ("infer_ms_p90_b1", "REAL"),
+    ("peak_mem_mb", "REAL"),
+    ("peak_mem_source", "TEXT"),
+    ("energy_j", "REAL"),
+    ("energy_source", "TEXT"),
+    ("params", "INTEGER"),
+    ("size_mb", "REAL"),
+    ("extra", "TEXT"),
+    ("provenance", "TEXT"),
+    ("started_at", "TEXT"),
+    ("ended_at", "TEXT"),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
+JSON_COLUMNS = frozenset({"metrics", "extra", "provenance"})
+ROLES = ("teacher", "student")
+
+
+def _to_sql(column: str, value: Any) -> Any:
+    """Encode one value for its column: JSON columns as text, numpy/torch scalars as Python numbers."""
+    if value is None:
+        return None
+    if column in JSON_COLUMNS:
+        if isinstance(value, str):
+            json.loads(value)  # already JSON text: refuse it now rather than fail on read
+            return value
+        # default=str keeps Paths, datetimes and dtypes readable instead of failing the whole run
+        return json.dumps(value, sort_keys=True, default=str)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()  # numpy / 0-d torch scalar: sqlite3 only binds Python types
+    return value
+
+
+class ResultsStore:
+    """Append-only store of run rows in one SQLite file; see the module docstring for the schema."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        cols = ",\n  ".join(f"{name} {sqltype}" for name, sqltype in COLUMNS)
+        with closing(self._connect()) as conn, conn:
+            # WAL is a property of the file: set once, it stays on for every later connection.
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"{self.path}: could not switch SQLite to WAL mode (got {mode!r})")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS runs (\n  id INTEGER PRIMARY KEY,\n  {cols}\n)")
+            conn.execute("CREATE INDEX IF NOT EXISTS runs_lookup "
+                         "ON runs (experiment, config_hash, arm, seed)")
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
+            found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if int(found) != SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} has results schema version {found}, this leankd "
+                               f"reads version {SCHEMA_VERSION}; use a new file or migrate it")
+
+    def _connect(self) -> sqlite3.Connection:
+        # timeout: wait for another process's write instead of failing with "database is locked"
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def insert(self, row: dict[str, Any]) -> int:
+        """Add one run row (keys = column names, minus `id`), commit it, return its id."""
+        unknown = sorted(set(row) - set(COLUMN_NAMES))
+        if unknown:
+            raise ValueError(f"unknown results column(s) {unknown}; known columns: {list(COLUMN_NAMES)}")
+        missing = [c for c in ("experiment", "role", "arm") if row.get(c) is None]
+        if missing:
+            raise ValueError(f"results row lacks required column(s) {missing}")
+        if row["role"] not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {row['role']!r}")
+        names = [c for c in COLUMN_NAMES if c in row]
+        values = [_to_sql(c, row[c]) for c in names]
+        sql = f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        with closing(self._connect()) as conn, conn:  # `with conn` commits: one transaction per row
+            cur = conn.execute(sql, values)
+            return int(cur.lastrowid)
+
+    def rows(self, experiment: str | None = None) -> list[dict[str, Any]]:
+        """All rows (of one experiment when given), ordered by id, JSON columns decoded."""
+        sql, args = "SELECT * FROM runs", ()
+        if experiment is not None:
+            sql, args = sql + " WHERE experiment = ?", (experiment,)
+        with closing(self._connect()) as conn:
+            return [self._decode(r) for r in conn.execute(sql + " ORDER BY id", args)]
+
+    def experiments(self) -> list[str]:
+        """Experiment names, in the order their first row was inserted."""
+        with closing(self._connect()) as conn:
+            cur = conn.execute("SELECT experiment FROM runs GROUP BY experiment ORDER BY MIN(id)")
+            return [r[0] for r in cur]
+
+    def find(self, experiment: str, config_hash: str | None, arm: str,
+             seed: int | None) -> dict[str, Any] | None:
+        """Latest row with these keys, or None. `IS` so that a NULL hash or seed matches NULL."""
+        sql = ("SELECT * FROM runs WHERE experiment = ? AND config_hash IS ? AND arm = ? AND seed IS ? "
+               "ORDER BY id DESC LIMIT 1")
+        with closing(self._connect()) as conn:
+            r = conn.execute(sql, (experiment, config_hash, arm, seed)).fetchone()
+        return None if r is None else self._decode(r)
+
+    @staticmethod
+    def _decode(r: sqlite3.Row) -> dict[str, Any]:
+        out = dict(r)
+        for c in JSON_COLUMNS:
+            if out.get(c) is not None:
+                out[c] = json.loads(out[c])
+        return out

@@ -1,0 +1,107 @@
+"""fit() and evaluate(): the one hot loop, used for the teacher and for every student arm.
+
+    stats = fit(distiller, loader, optimizer, scheduler, precision, epochs=3, device=dev, tag="kd/s0")
+    logits, labels = evaluate(model, test_loader, precision, device=dev)
+
+`stats["train_s"]` covers the whole step loop (batch assembly and augmentation, teacher forwards, student
+forward/backward/step) with the device synchronised before the clock is read; evaluation is outside it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A one-line, user-facing training failure (e.g. a NaN loss)."""
+
+
+def build_optimizer(params_model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """SGD/Adam/AdamW; weight decay on weights only (not on BN/LayerNorm gains or biases)."""
+    params = [p for p in params_model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return opt_cls(groups, lr=cfg.lr)
+
+
+def build_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR multiplier: linear warm-up, then linear decay to 0 (onecycle), cosine, or constant."""
+    warm = int(cfg.warmup_frac * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        frac = (step - warm) / max(1, total_steps - warm)
+        return max(0.0, 1 - frac) if cfg.schedule == "onecycle" else 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device: torch.device,
+        tag: str = "", start_epoch: int = 0) -> dict:
+    distiller.train()
+    history = []
+    _sync(device)
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        bar = tqdm(total=loader.num_samples, desc=f"{tag} epoch {epoch + 1}/{epochs}", unit="img",
+                   unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0)
+        loss_sum, n_steps = torch.zeros((), device=device), 0
+        for step, (x, y) in enumerate(loader.epoch(epoch)):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with precision.autocast():
+                out = distiller(x, y)
+            loss = out["loss"]
+            if not torch.isfinite(loss):  # .item()-free check would still sync; the loop cannot go on anyway
+                raise TrainingError(f"{tag}: loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                                    "lower the learning rate (train.lr=...) or use precision=fp32")
+            precision.backward(loss)
+            precision.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            loss_sum += loss.detach()
+            n_steps += 1
+            bar.update(len(y))
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
+            del out, loss
+        bar.close()
+        mean_loss = (loss_sum / max(1, n_steps)).item()
+        history.append(mean_loss)
+        log.info("%s epoch %d/%d: mean loss %.4f, %.0f s elapsed", tag, epoch + 1, epochs, mean_loss,
+                 time.perf_counter() - t0)
+    _sync(device)
+    return {"train_s": time.perf_counter() - t0, "epoch_loss": history}
+
+
+@torch.inference_mode()
+def predict(model, loader, precision, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (float32 numpy, N x C) and labels of `model` over `loader` in order, in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader.epoch(0):
+        with precision.autocast():
+            out = model(x.to(device, non_blocking=True))
+        logits.append(out.float().cpu())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
