@@ -62,3 +62,10 @@ def test_missing_data_dir_is_one_line_error(tmp_path, monkeypatch):
 def test_unknown_model_name_suggests_closest():
     msg = _err("teacher.model=resnet2")
     assert "teacher.model" in msg and "did you mean 'resnet20'" in msg
+
+
+def test_paper_config_is_for_gpus_and_loads_with_cpu_precision():
+    assert "fp16" in _err(path="configs/paper/cifar10-resnet50-resnet18.yaml")
+    cfg = load_config("configs/paper/cifar10-resnet50-resnet18.yaml", ["precision=bf16"])
+    assert (cfg.teacher.model, cfg.student.model, cfg.train.batch_size, cfg.train.epochs) == ("resnet50", "resnet18", 64, 50)
+    assert cfg.train.optimizer == "adam" and cfg.train.lr == 0.001

@@ -78,3 +78,25 @@ def test_augment_crop_and_flip_are_correct():
         padded = torch.nn.functional.pad(x[i:i + 1], (4, 4, 4, 4))[0]
         crop = padded[:, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
         assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
+
+
+def test_nan_loss_stops_with_one_line_error():
+    import pytest
+    from leankd.train import TrainingError
+
+    class NaNNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 10)
+
+        def forward(self, x):
+            return self.fc(x.mean((2, 3))) * float("nan")
+
+    model = NaNNet()
+    optim = OptimConfig(epochs=1, batch_size=16)
+    opt = build_optimizer(model, optim)
+    with pytest.raises(TrainingError) as info:
+        fit(Distiller(model, None, ArmConfig()), _fake_loader(), opt, build_scheduler(opt, optim, 4),
+            Precision.create("fp32", torch.device("cpu")), 1, torch.device("cpu"), tag="plain/s0")
+    msg = str(info.value)
+    assert "nan" in msg and "epoch 1 step 1" in msg and "train.lr" in msg and "\n" not in msg

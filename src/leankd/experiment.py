@@ -9,6 +9,7 @@ whose row already exists for the same settings.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -43,10 +44,10 @@ def _run_isolated(job: dict, work: Path) -> dict:
     return result
 
 
-def _run_inline(job: dict, work: Path) -> dict:
+def _run_inline(job: dict, work: Path, student=None, teacher=None) -> dict:
     from leankd.runner import run_job  # same code path, no isolation: peak memory is not the job's own
 
-    result = run_job(job)
+    result = run_job(job, student, teacher)
     result["peak_mem_mb"], result["peak_mem_source"] = None, "unavailable (metering.isolate_arms=false)"
     return result
 
@@ -69,15 +70,23 @@ def _student_hash(cfg, arm: str) -> str:
     return config_hash({**common, "arm": cfg.arms[arm].model_dump(mode="json")})
 
 
-def run_experiment(cfg, data_dir: str | Path | None, out_dir: Path) -> list[dict]:
+def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, student=None,
+                   teacher: "torch.nn.Module | None" = None) -> list[dict]:
+    """Run every job of `cfg`; returns the rows written. Your own models: `student` is an nn.Module (copied
+    for each arm x seed) or a zero-arg factory, `teacher` a trained nn.Module (evaluated, not trained). They
+    run in this process, so their rows' peak memory reads "unavailable"."""
     data_dir = resolve_data_dir(data_dir)
     check_cifar10(data_dir)  # fail before any work on a missing or malformed file
     out_dir = Path(out_dir)
     store = ResultsStore(out_dir / "results.db")
     save_config(cfg, out_dir / "configs" / f"{cfg.name}-{cfg.hash()}.yaml")
-    run_one = _run_isolated if cfg.metering.isolate_arms else _run_inline
+    user_models = student is not None or teacher is not None
+    if user_models:
+        run_one = functools.partial(_run_inline, student=student, teacher=teacher)
+    else:
+        run_one = _run_isolated if cfg.metering.isolate_arms else _run_inline
     base = {"config": cfg.model_dump(mode="json"), "data_dir": str(data_dir), "out_dir": str(out_dir.resolve())}
-    key = teacher_key(cfg, data_dir)
+    key = teacher_key(cfg, data_dir, teacher)
     base["teacher_key"] = key
     written, failures = [], []
     with tempfile.TemporaryDirectory(prefix="leankd-") as tmp:

@@ -11,6 +11,7 @@ from the child's rusage) and provenance. `run_job(job)` is the same thing in-pro
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import logging
 import sys
@@ -70,7 +71,13 @@ def latency_figures(model, images: np.ndarray, batch_size: int, precision, devic
     return out
 
 
-def run_job(job: dict) -> dict:
+def _user_model(student) -> torch.nn.Module:
+    return copy.deepcopy(student) if isinstance(student, torch.nn.Module) else student()
+
+
+def run_job(job: dict, student=None, teacher_module: torch.nn.Module | None = None) -> dict:
+    """Run one job. `student` (an nn.Module, copied per job, or a zero-arg factory) and `teacher_module`
+    (a trained nn.Module, evaluated and used as is) replace the registry models named in the config."""
     cfg = build_config(job["config"])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -87,9 +94,15 @@ def run_job(job: dict) -> dict:
         model_name, optim, arm, teacher = cfg.teacher.model, cfg.teacher.train, ArmConfig(method="plain"), None
     else:
         model_name, optim, arm = cfg.student.model, cfg.train, cfg.arms[job["arm"]]
-        teacher = load_stored(out_dir, job["teacher_key"], cfg, device)[0] if arm.method != "plain" else None
+        teacher = None
+        if arm.method != "plain":
+            teacher = teacher_module.to(device) if teacher_module is not None else \
+                load_stored(out_dir, job["teacher_key"], cfg, device)[0]
     torch.manual_seed(seed)  # student/teacher init; data randomness is a pure function of (seed, epoch, index)
-    model = create_model(model_name, 10).to(device, memory_format=torch.channels_last)
+    user = teacher_module if role == "teacher" else (_user_model(student) if student is not None else None)
+    model = user if user is not None else create_model(model_name, 10)
+    model_name = type(user).__name__ if user is not None else model_name
+    model = model.to(device, memory_format=torch.channels_last)
     train_loader = VisionLoader(*splits["train"], batch_size=optim.batch_size, seed=seed,
                                 augment=cfg.data.augment, shuffle=True)
     test_loader = VisionLoader(*splits["test"], batch_size=optim.batch_size)
@@ -99,10 +112,11 @@ def run_job(job: dict) -> dict:
     log.info("%s: %s, %d train images, %d epochs, precision %s (%s), device %s", job["arm"], model_name,
              train_loader.num_samples, optim.epochs, prec.name, prec.reason, device)
 
-    train_only_from_ckpt = role == "teacher" and cfg.teacher.checkpoint
+    train_only_from_ckpt = role == "teacher" and (cfg.teacher.checkpoint or teacher_module is not None)
     flops = {"train_flops": 0, "teacher_flops": 0}
     if train_only_from_ckpt:
-        load_weights(model, cfg.teacher.checkpoint)
+        if teacher_module is None:
+            load_weights(model, cfg.teacher.checkpoint)
         stats, energy = {"train_s": 0.0, "epoch_loss": []}, {"joules": None, "source": "unavailable"}
     else:
         flops = count_train_flops(distiller, teacher, opt, prec, train_loader, optim.epochs)

@@ -9,6 +9,7 @@ data it was trained and evaluated on; any later experiment with the same key reu
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -24,11 +25,23 @@ class CheckpointError(ValueError):
     """A one-line, user-facing checkpoint error."""
 
 
-def teacher_key(cfg, data_dir: Path) -> str:
+def state_identity(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def teacher_key(cfg, data_dir: Path, module: torch.nn.Module | None = None) -> str:
     ident = {"teacher": cfg.teacher.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
              "precision": cfg.precision, "files": [file_identity(cifar10_file(data_dir, s)) for s in ("train", "test")]}
     if cfg.teacher.checkpoint:
+        if not Path(cfg.teacher.checkpoint).is_file():
+            raise CheckpointError(f"checkpoint error: teacher.checkpoint '{cfg.teacher.checkpoint}' not found")
         ident["checkpoint"] = file_identity(Path(cfg.teacher.checkpoint))
+    if module is not None:  # a user's trained module: identified by its class and weights
+        ident["module"] = [type(module).__qualname__, state_identity(module)]
     return config_hash(ident)
 
 
