@@ -2,7 +2,7 @@
 
     leankd run configs/demo/cifar10-resnet20-resnet8.yaml [key=value ...] [--out runs] [--data-dir DIR]
     leankd report [--out runs] [--experiment NAME] [--json]
-    leankd eval runs/students/<experiment>/kd-seed0.safetensors [--data-dir DIR]
+    leankd eval runs/students/<experiment>/kd-seed0.safetensors [--data-dir DIR]   (or a text model folder)
 
 User mistakes (config, data, checkpoint, NaN loss) print one line naming the problem and the fix, and
 exit with status 2; nothing already written is lost.
@@ -68,31 +68,30 @@ def cmd_report(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from leankd.data.cifar10 import VisionLoader, cifar10_splits, resolve_data_dir
-    from leankd.config import DataConfig
-    from leankd.metrics import classification_metrics
-    from leankd.models import create_model
+    from leankd.config import build_config
+    from leankd.data.cifar10 import resolve_data_dir
     from leankd.precision import Precision
-    from leankd.teacher import CheckpointError, load_weights
+    from leankd.tasks import build_task
+    from leankd.teacher import CheckpointError
     from leankd.train import predict
 
     ckpt = Path(args.checkpoint)
     sidecar = ckpt.with_suffix(".json")
     if not sidecar.is_file():
         raise CheckpointError(f"checkpoint error: '{sidecar}' (model name and data settings) not found next to "
-                              f"'{ckpt}'; evaluate checkpoints saved by `leankd run`")
+                              f"'{ckpt}'; evaluate models saved by `leankd run`")
     meta = json.loads(sidecar.read_text())
-    model = load_weights(create_model(meta["model"], meta["num_classes"]), ckpt)
-    data = DataConfig(**{k: v for k, v in meta["data"].items() if k != "val_size"}, val_size=meta["data"].get("val_size", 0))
-    split = cifar10_splits(resolve_data_dir(args.data_dir), data)[args.split]
-    if split is None:
-        raise CheckpointError(f"checkpoint error: split '{args.split}' is empty for this checkpoint's data settings")
+    cfg = build_config(meta["config"])
+    task = build_task(cfg, resolve_data_dir(args.data_dir))
+    model, _ = task.load(ckpt)
+    split = args.split or task.eval_split
+    loader = task.eval_loader(split, args.batch_size)
+    if loader is None:
+        raise CheckpointError(f"checkpoint error: split '{split}' is empty for this model's data settings")
     prec = Precision.create(args.precision, torch.device("cpu"))
-    logits, labels = predict(model.to(memory_format=torch.channels_last), VisionLoader(*split, args.batch_size), prec,
-                             torch.device("cpu"))
-    metrics = classification_metrics(logits, labels)
+    metrics = task.metrics(*predict(model, loader, prec, torch.device("cpu")))
     stored = meta.get("metrics", {})
-    print(f"{ckpt}: {meta['model']} on {meta['task']} {args.split} ({len(labels)} images, {prec.name})")
+    print(f"{ckpt}: {meta['model']} on {task.name} {split} ({loader.num_samples} samples, {prec.name})")
     for k, v in metrics.items():
         print(f"  {k}: {100 * v:.2f}%" + (f"  (recorded at training: {100 * stored[k]:.2f}%)" if k in stored else ""))
     return 0
@@ -121,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="re-evaluate a saved model (a .safetensors written by leankd run)")
     e.add_argument("checkpoint", help="path to a saved student or teacher .safetensors")
     e.add_argument("--data-dir", default=None, help="data directory (default: $LEANKD_DATA_DIR)")
-    e.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to score (default: test)")
+    e.add_argument("--split", default=None, help="split to score (default: the task's report split, test or dev)")
     e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     e.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="default: fp32")
     e.set_defaults(func=cmd_eval)

@@ -26,7 +26,10 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["cifar10"] = "cifar10"
+    dataset: Literal["cifar10", "glue"] = "cifar10"
+    task: str | None = Field(None, description="GLUE task (sst2, mrpc, rte, cola, stsb, wnli, qnli, ...)")
+    max_length: int = Field(128, gt=0, description="text: tokens per sequence after truncation")
+    bucket: bool = Field(True, description="text: length-bucketed batches (less padding)")
     train_limit: int | None = Field(None, gt=0, description="use a fixed stratified-by-shuffle slice of train")
     test_limit: int | None = Field(None, gt=0, description="use a fixed slice of the test split")
     val_size: int = Field(0, ge=0, description="held-out validation images carved from train")
@@ -62,19 +65,18 @@ class TeacherConfig(_Strict):
     seed: int = 0
     train: OptimConfig = OptimConfig()
 
-    _model = field_validator("model")(classmethod(lambda cls, v: _known_model(v)))
 
 
 class StudentConfig(_Strict):
     model: str = "resnet8"
-
-    _model = field_validator("model")(classmethod(lambda cls, v: _known_model(v)))
+    layers: list[int] | None = Field(None, description="text: 0-based teacher layers the student keeps")
 
 
 class ArmConfig(_Strict):
     method: Literal["plain", "kd"] = "plain"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
+    layers: list[int] | None = Field(None, description="text: this arm's teacher layers (overrides student.layers)")
 
 
 class MeteringConfig(_Strict):
@@ -108,6 +110,21 @@ class ExperimentConfig(_Strict):
         from leankd.precision import check_precision  # local: precision imports torch
 
         check_precision(self.precision, self.device)
+        if self.data.dataset == "cifar10":
+            for where, name in (("teacher.model", self.teacher.model), ("student.model", self.student.model)):
+                try:
+                    _known_model(name)
+                except ValueError as err:
+                    raise ValueError(f"{where}: {err}") from None
+            if self.student.layers is not None or any(a.layers is not None for a in self.arms.values()):
+                raise ValueError("student/arm 'layers' build text students from teacher layers; "
+                                 "they do not apply to data.dataset=cifar10")
+        else:
+            from leankd.data.glue import get_task
+
+            if self.data.task is None:
+                raise ValueError("data.task is required for data.dataset=glue (e.g. data.task=sst2)")
+            get_task(self.data.task)  # unknown task: one-line error with a did-you-mean hint
         if not self.arms:
             raise ValueError("list at least one arm")
         return self

@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 
 from leankd.config import config_hash, save_config
-from leankd.data.cifar10 import check_cifar10, resolve_data_dir
+from leankd.data.cifar10 import resolve_data_dir
 from leankd.metering.memory import run_child_measured
 from leankd.results.store import ResultsStore
+from leankd.tasks import check_data
 from leankd.teacher import is_stored, teacher_dir, teacher_key
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def _row(cfg, job: dict, result: dict, row_hash: str) -> dict:
         (result["peak_mem_mb"], result["peak_mem_source"])
     prov = {**result["provenance"], "config": cfg.model_dump(mode="json")}
     return {"experiment": cfg.name, "config_hash": row_hash, "role": job["role"], "arm": job["arm"],
-            "seed": job["seed"], "model": result["model"], "task": cfg.data.dataset, "split": "test",
+            "seed": job["seed"], "model": result["model"], "task": result["task"], "split": result["split"],
             "metrics": result["metrics"], **result["ledger"], "peak_mem_mb": peak, "peak_mem_source": source,
             "extra": result["extra"], "provenance": prov,
             "started_at": prov["started_at"], "ended_at": prov["ended_at"]}
@@ -76,7 +77,7 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
     for each arm x seed) or a zero-arg factory, `teacher` a trained nn.Module (evaluated, not trained). They
     run in this process, so their rows' peak memory reads "unavailable"."""
     data_dir = resolve_data_dir(data_dir)
-    check_cifar10(data_dir)  # fail before any work on a missing or malformed file
+    check_data(cfg, data_dir)  # fail before any work on a missing or malformed file
     out_dir = Path(out_dir)
     store = ResultsStore(out_dir / "results.db")
     save_config(cfg, out_dir / "configs" / f"{cfg.name}-{cfg.hash()}.yaml")
@@ -118,8 +119,8 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
                     continue
                 store.insert(row)
                 written.append(row)
-                log.info("arm %s seed %d: accuracy %.4f, total_s %.1f", arm, seed, row["metrics"]["accuracy"],
-                         row["total_s"])
+                log.info("arm %s seed %d: %s, total_s %.1f", arm, seed,
+                         ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items()), row["total_s"])
     if failures:
         raise JobFailed(f"{len(failures)} job(s) failed: " + "; ".join(failures))
     return written

@@ -5,7 +5,7 @@ data it was trained and evaluated on; any later experiment with the same key reu
 
     key = teacher_key(cfg, data_dir)
     if not is_stored(out_dir, key): ...train it in a child process (leankd.runner)...
-    model = load_stored(out_dir, key, cfg)
+    model, meta = task.load(teacher_dir(out_dir, key) / "model")
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from leankd.config import config_hash
-from leankd.data.cifar10 import cifar10_file, file_identity
-from leankd.models import create_model
+from leankd.data.cifar10 import file_identity
 
 
 class CheckpointError(ValueError):
@@ -34,8 +33,9 @@ def state_identity(model: torch.nn.Module) -> str:
 
 
 def teacher_key(cfg, data_dir: Path, module: torch.nn.Module | None = None) -> str:
+    from leankd.tasks import data_identity
     ident = {"teacher": cfg.teacher.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-             "precision": cfg.precision, "files": [file_identity(cifar10_file(data_dir, s)) for s in ("train", "test")]}
+             "precision": cfg.precision, "files": data_identity(cfg, data_dir)}
     if cfg.teacher.checkpoint:
         if not Path(cfg.teacher.checkpoint).is_file():
             raise CheckpointError(f"checkpoint error: teacher.checkpoint '{cfg.teacher.checkpoint}' not found")
@@ -51,7 +51,7 @@ def teacher_dir(out_dir: Path, key: str) -> Path:
 
 def is_stored(out_dir: Path, key: str) -> bool:
     d = teacher_dir(out_dir, key)
-    return (d / "model.safetensors").is_file() and (d / "model.json").is_file()
+    return (d / "model.json").is_file() and (d / "row.json").is_file()  # both written last
 
 
 def save_model(model: torch.nn.Module, path: Path, meta: dict) -> None:
@@ -78,11 +78,3 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
         raise CheckpointError(f"checkpoint error: '{path}' does not fit {type(model).__name__}: "
                               f"missing {missing[:3]}, unexpected {unexpected[:3]}; check teacher.model")
     return model
-
-
-def load_stored(out_dir: Path, key: str, cfg, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    d = teacher_dir(out_dir, key)
-    meta = json.loads((d / "model.json").read_text())
-    model = create_model(cfg.teacher.model, meta.get("num_classes", 10))
-    load_weights(model, d / "model.safetensors")
-    return model.to(device, memory_format=torch.channels_last), meta

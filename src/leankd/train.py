@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from leankd.batching import logits_of, to_device
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
                    unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0)
         loss_sum, n_steps = torch.zeros((), device=device), 0
         for step, (x, y) in enumerate(loader.epoch(epoch)):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_device(x, device), y.to(device, non_blocking=True)
             with precision.autocast():
                 out = distiller(x, y)
             loss = out["loss"]
@@ -81,7 +83,7 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
             n_steps += 1
             bar.update(len(y))
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
             del out, loss
         bar.close()
         mean_loss = (loss_sum / max(1, n_steps)).item()
@@ -100,7 +102,7 @@ def predict(model, loader, precision, device: torch.device) -> tuple[np.ndarray,
     logits, labels = [], []
     for x, y in loader.epoch(0):
         with precision.autocast():
-            out = model(x.to(device, non_blocking=True))
+            out = logits_of(model, to_device(x, device))
         logits.append(out.float().cpu())
         labels.append(y)
     model.train(was_training)

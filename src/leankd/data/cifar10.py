@@ -141,9 +141,15 @@ class VisionLoader:
     def num_samples(self) -> int:
         return len(self.labels)
 
-    def batch_sizes(self) -> list[int]:
-        n, b = len(self.labels), self.batch_size
-        return [b] * (n // b) + ([n % b] if n % b else [])
+    def samples_per_shape(self, epochs: int) -> dict:
+        """Samples processed per input shape over `epochs` (one shape here: 3 x 32 x 32)."""
+        return {(3, 32, 32): epochs * len(self.labels)}
+
+    def example(self, shape, batch: int):
+        """A real (inputs, labels) batch of `batch` samples at `shape`, for FLOP counting and latency."""
+        reps = -(-batch // len(self.labels))  # tile a small slice up to the batch size
+        idx = torch.arange(batch) % len(self.labels) if reps > 1 else torch.arange(batch)
+        return normalise(self.images[idx]), self.labels[idx]
 
     def epoch(self, epoch: int):
         n = len(self.labels)

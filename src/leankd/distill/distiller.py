@@ -14,6 +14,7 @@ import time
 import torch
 from torch import nn
 
+from leankd.batching import input_device, logits_of
 from leankd.distill import losses
 
 
@@ -29,9 +30,10 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class Distiller(nn.Module):
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, arm, label_smoothing: float = 0.0):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, arm, label_smoothing: float = 0.0,
+                 regression: bool = False):
         super().__init__()
-        self.student, self.arm, self.label_smoothing = student, arm, label_smoothing
+        self.student, self.arm, self.label_smoothing, self.regression = student, arm, label_smoothing, regression
         self.needs_teacher = arm.method != "plain"
         if self.needs_teacher and teacher is None:
             raise ValueError(f"arm method '{arm.method}' needs a teacher")
@@ -45,22 +47,26 @@ class Distiller(nn.Module):
             self.teacher.eval()  # the teacher stays in eval mode everywhere (BN statistics frozen)
         return self
 
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        dev = x.device
+    def teacher_logits(self, x) -> torch.Tensor:
+        dev = input_device(x)
         _sync(dev)
         t0 = time.perf_counter()
         with torch.no_grad():
-            logits = self.teacher(x)
+            logits = logits_of(self.teacher, x)
         _sync(dev)
         self.teacher_s += time.perf_counter() - t0
         return logits
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.student(x)
+    def forward(self, x, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = logits_of(self.student, x)
         if not self.needs_teacher:
-            return {"loss": losses.cross_entropy(logits, y, self.label_smoothing), "logits": logits}
+            loss = losses.mse(logits, y) if self.regression else losses.cross_entropy(logits, y, self.label_smoothing)
+            return {"loss": loss, "logits": logits}
         t_logits = self.teacher_logits(x)
-        out = losses.hinton_kd(logits, t_logits, y, self.arm.temperature, self.arm.alpha, self.label_smoothing)
+        if self.regression:  # STS-B: match the teacher's prediction (MSE) beside the gold score
+            out = losses.regression_kd(logits, t_logits, y, self.arm.alpha)
+        else:
+            out = losses.hinton_kd(logits, t_logits, y, self.arm.temperature, self.arm.alpha, self.label_smoothing)
         del t_logits  # free the teacher's outputs as soon as the loss holds what it needs
         out["logits"] = logits
         return out

@@ -14,6 +14,18 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: f
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
+def mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Regression loss: predictions (B, 1) or (B,), targets (B,) float -> scalar mean squared error."""
+    return F.mse_loss(predictions.float().reshape(-1), targets.float().reshape(-1))
+
+
+def regression_kd(student_pred: torch.Tensor, teacher_pred: torch.Tensor, targets: torch.Tensor,
+                  alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * MSE(s, y) + alpha * MSE(s, t): distillation for regression heads (STS-B)."""
+    gold, kd = mse(student_pred, targets), mse(student_pred, teacher_pred)
+    return {"loss": (1 - alpha) * gold + alpha * kd, "mse": gold, "kd": kd}
+
+
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's soft-target term: T^2 * KL(softmax(t/T) || softmax(s/T)), mean over the batch.
 

@@ -32,11 +32,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_latency(model: torch.nn.Module, example: torch.Tensor, *, batches: int = 20, warmup: int = 3,
+def measure_latency(model: torch.nn.Module, example, *, batches: int = 20, warmup: int = 3,
                     autocast: Callable[[], ContextManager] | None = None) -> dict:
     """Time `model(example)` `batches` times in eval/inference mode.
 
-    `example` is the full batch, already on the model's device. `autocast` is a
+    `example` is the full batch (a tensor, or a dict of tensors passed as keyword arguments), already on
+    the model's device. `autocast` is a
     zero-arg callable returning a context manager (a fresh one per call), or
     None for full precision. Returns ``{"p50_ms", "p90_ms", "n"}``; the model's
     train/eval mode is restored afterwards.
@@ -44,6 +45,8 @@ def measure_latency(model: torch.nn.Module, example: torch.Tensor, *, batches: i
     if batches < 1:
         raise ValueError(f"batches must be >= 1, got {batches}")
     make_ctx = autocast if autocast is not None else contextlib.nullcontext
+    call = (lambda: model(**example)) if isinstance(example, dict) else (lambda: model(example))
+    device = next(iter(example.values())).device if isinstance(example, dict) else example.device
     was_training = model.training
     model.eval()
     times_ms = []
@@ -51,13 +54,13 @@ def measure_latency(model: torch.nn.Module, example: torch.Tensor, *, batches: i
         with torch.inference_mode():
             for _ in range(warmup):
                 with make_ctx():
-                    model(example)
+                    call()
             for _ in range(batches):
-                _sync(example.device)
+                _sync(device)
                 t0 = time.perf_counter()
                 with make_ctx():
-                    model(example)
-                _sync(example.device)
+                    call()
+                _sync(device)
                 times_ms.append((time.perf_counter() - t0) * 1000.0)
     finally:
         model.train(was_training)

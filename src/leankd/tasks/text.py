@@ -1,0 +1,76 @@
+"""GLUE sequence classification / regression with Hugging Face encoders (metrics on the dev split).
+
+Saved models are `save_pretrained` folders with their tokenizer (loadable by `transformers` alone), plus a
+JSON sidecar `<folder>.json` with leankd's metadata.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leankd.data.glue import get_task, load_glue
+from leankd.data.text import TextLoader, tokenize_split
+from leankd.glue_metrics import glue_metrics
+from leankd.models.text import build_text_model, load_tokenizer, student_from_teacher
+
+
+class TextTask:
+    def __init__(self, cfg, data_dir: Path, cache_dir: Path | None = None):
+        self.cfg, self.data_dir, self.cache_dir = cfg, Path(data_dir), cache_dir
+        self.glue = get_task(cfg.data.task)
+        self.name = f"glue-{self.glue.name}"
+        self.eval_split = self.glue.dev_splits[0]
+        self.is_regression = self.glue.is_regression
+        self.num_outputs = 1 if self.is_regression else len(self.glue.label_names)
+        self.tokenizer = load_tokenizer(cfg.teacher.model)
+        self._enc: dict[str, tuple] = {}
+
+    def _split(self, split: str):
+        if split not in self._enc:
+            data = load_glue(self.data_dir, self.glue.name, split)
+            limit = self.cfg.data.train_limit if split == "train" else self.cfg.data.test_limit
+            n = min(limit or len(data), len(data))
+            enc = tokenize_split(self.tokenizer, data.texts_a[:n], data.texts_b[:n] if data.texts_b else None,
+                                 self.cfg.data.max_length, self.cache_dir)
+            self._enc[split] = (enc, data.labels[:n])
+        return self._enc[split]
+
+    def train_loader(self, batch_size: int, seed: int) -> TextLoader:
+        enc, labels = self._split("train")
+        return TextLoader(enc, labels, batch_size, seed=seed, shuffle=True, bucket=self.cfg.data.bucket,
+                          pad_id=self.tokenizer.pad_token_id or 0)
+
+    def eval_loader(self, split: str, batch_size: int) -> TextLoader | None:
+        if split == "val":
+            return None  # GLUE reports on dev; no validation split is carved from train here
+        enc, labels = self._split(split)
+        return TextLoader(enc, labels, batch_size, bucket=True, pad_id=self.tokenizer.pad_token_id or 0)
+
+    def build_model(self, role: str, layers=None, teacher=None) -> torch.nn.Module:
+        if role == "student" and layers is not None:
+            return student_from_teacher(teacher, list(layers))
+        name = self.cfg.teacher.model if role == "teacher" else self.cfg.student.model
+        return build_text_model(name, self.num_outputs)
+
+    def predictions(self, logits: np.ndarray) -> np.ndarray:
+        return logits[:, 0] if self.is_regression else logits.argmax(-1)
+
+    def metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        return glue_metrics(self.glue.name, self.predictions(logits), labels)
+
+    def save(self, model: torch.nn.Module, path: Path, meta: dict) -> Path:
+        path = Path(path)
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        path.with_suffix(".json").write_text(json.dumps({**meta, "num_labels": self.num_outputs}, indent=2))
+        return path
+
+    @staticmethod
+    def load(path: Path) -> tuple[torch.nn.Module, dict]:
+        from transformers import AutoModelForSequenceClassification
+
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        return AutoModelForSequenceClassification.from_pretrained(str(path)), meta

@@ -1,0 +1,48 @@
+"""CIFAR-10 classification with the built-in CIFAR ResNets (metrics on the test split)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leankd.data.cifar10 import VisionLoader, cifar10_splits
+from leankd.metrics import classification_metrics
+from leankd.models import create_model
+from leankd.teacher import load_weights, save_model
+
+
+class VisionTask:
+    name, eval_split, is_regression, num_outputs = "cifar10", "test", False, 10
+
+    def __init__(self, cfg, data_dir: Path):
+        self.cfg = cfg
+        self.splits = cifar10_splits(Path(data_dir), cfg.data)
+
+    def train_loader(self, batch_size: int, seed: int) -> VisionLoader:
+        return VisionLoader(*self.splits["train"], batch_size=batch_size, seed=seed,
+                            augment=self.cfg.data.augment, shuffle=True)
+
+    def eval_loader(self, split: str, batch_size: int) -> VisionLoader | None:
+        data = self.splits.get(split)
+        return VisionLoader(*data, batch_size=batch_size) if data is not None else None
+
+    def build_model(self, role: str, layers=None, teacher=None) -> torch.nn.Module:
+        name = self.cfg.teacher.model if role == "teacher" else self.cfg.student.model
+        return create_model(name, self.num_outputs).to(memory_format=torch.channels_last)
+
+    def metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        return classification_metrics(logits, labels)
+
+    def save(self, model: torch.nn.Module, path: Path, meta: dict) -> Path:
+        path = Path(path).with_suffix(".safetensors")
+        save_model(model, path, {**meta, "num_classes": self.num_outputs, "data": self.cfg.data.model_dump(mode="json")})
+        return path
+
+    @staticmethod
+    def load(path: Path) -> tuple[torch.nn.Module, dict]:
+        """A model saved by `save` (safetensors + JSON sidecar)."""
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        model = load_weights(create_model(meta["model"], meta["num_classes"]), path)
+        return model.to(memory_format=torch.channels_last), meta
