@@ -26,9 +26,10 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from leankd.config import ConfigError
     from leankd.data.cifar10 import DataError
     from leankd.teacher import CheckpointError
+    from leankd.models.text import ModelError
     from leankd.train import TrainingError
 
-    return ConfigError, DataError, CheckpointError, TrainingError
+    return ConfigError, DataError, CheckpointError, ModelError, TrainingError
 
 
 def cmd_run(args) -> int:

@@ -43,6 +43,7 @@ class VisionTask:
     @staticmethod
     def load(path: Path) -> tuple[torch.nn.Module, dict]:
         """A model saved by `save` (safetensors + JSON sidecar)."""
-        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        path = Path(path).with_suffix(".safetensors")
+        meta = json.loads(path.with_suffix(".json").read_text())
         model = load_weights(create_model(meta["model"], meta["num_classes"]), path)
         return model.to(memory_format=torch.channels_last), meta
