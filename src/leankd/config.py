@@ -47,6 +47,8 @@ class OptimConfig(_Strict):
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_frac: float = Field(0.15, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    freeze_embeddings: bool = Field(False, description="text: keep the word embeddings fixed (the largest "
+                                    "tensor: ~30% faster steps on CPU)")
 
 
 def _known_model(name: str) -> str:

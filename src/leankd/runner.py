@@ -109,6 +109,8 @@ def run_job(job: dict, student=None, teacher_module: torch.nn.Module | None = No
         cfg.teacher.model if role == "teacher" else
         f"{cfg.teacher.model}{layers}" if layers is not None else cfg.student.model)
     model = model.to(device)
+    if optim.freeze_embeddings and hasattr(model, "get_input_embeddings"):
+        model.get_input_embeddings().requires_grad_(False)  # the optimiser then skips it (build_optimizer)
     if arm.method == "plain":
         teacher = None  # only used to initialise the student's layers
     train_loader = task.train_loader(optim.batch_size, seed)
