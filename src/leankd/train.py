@@ -64,7 +64,7 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
     _sync(device)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        bar = tqdm(total=loader.num_samples, desc=f"{tag} epoch {epoch + 1}/{epochs}", unit="img",
+        bar = tqdm(total=loader.num_samples, desc=f"{tag} epoch {epoch + 1}/{epochs}", unit="sample",
                    unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0)
         loss_sum, n_steps = torch.zeros((), device=device), 0
         for step, (x, y) in enumerate(loader.epoch(epoch)):
