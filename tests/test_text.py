@@ -103,3 +103,24 @@ def test_text_end_to_end_regression_and_pairs(tmp_path, data_dir, task):
     _check_text_rows(rows, task, isolated=False)
     if task == "stsb":
         assert rows[1]["params"] == rows[2]["params"] and "agreement" not in rows[2]["metrics"]
+
+
+def test_mnli_reports_matched_and_mismatched(tmp_path):
+    """MNLI is absent here, so a tiny stand-in with the official file names and columns is written."""
+    from leankd.config import load_config
+    from leankd.experiment import run_experiment
+
+    words = ["good", "bad", "a cat", "the dog", "it rains", "nobody came"]
+    labels = ["contradiction", "entailment", "neutral"]
+    folder = tmp_path / "data" / "glue" / "MNLI"
+    folder.mkdir(parents=True)
+    for split in ("train", "dev_matched", "dev_mismatched"):
+        lines = ["index\tsentence1\tsentence2\tgold_label"]
+        lines += [f"{i}\t{words[i % 6]}\t{words[(i * 5) % 6]}\t{labels[i % 3]}" for i in range(24)]
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    cfg = load_config("tests/configs/tiny-sst2.yaml", ["data.task=mnli", "name=tiny-mnli", "arms={plain: {method: plain}}",
+                                                       "metering.isolate_arms=false", "student.model=bert-tiny",
+                                                       "student.layers=null", "teacher.model=bert-tiny"])
+    rows = run_experiment(cfg, tmp_path / "data", tmp_path / "runs")
+    for row in rows:
+        assert {"accuracy", "accuracy_dev_mismatched", "macro_f1_dev_mismatched"} <= set(row["metrics"])

@@ -135,6 +135,9 @@ def run_job(job: dict, student=None, teacher_module: torch.nn.Module | None = No
 
     logits, labels = predict(model, eval_loader, prec, device)
     metrics = task.metrics(logits, labels)
+    for split in task.extra_eval_splits:  # reported as <metric>_<split>, e.g. accuracy_dev_mismatched
+        scores = task.metrics(*predict(model, task.eval_loader(split, optim.batch_size), prec, device))
+        metrics.update({f"{k}_{split}": v for k, v in scores.items()})
     extra = {"method": arm.method, "arm_config": arm.model_dump(), "layers": layers, "epochs": optim.epochs,
              "epoch_loss": stats["epoch_loss"], "precision": prec.name, "precision_reason": prec.reason,
              "train_samples": train_loader.num_samples, "teacher_flops": flops["teacher_flops"],

@@ -23,6 +23,7 @@ class TextTask:
         self.glue = get_task(cfg.data.task)
         self.name = f"glue-{self.glue.name}"
         self.eval_split = self.glue.dev_splits[0]
+        self.extra_eval_splits = list(self.glue.dev_splits[1:])  # MNLI: dev_mismatched beside dev_matched
         self.is_regression = self.glue.is_regression
         self.num_outputs = 1 if self.is_regression else len(self.glue.label_names)
         self.tokenizer = load_tokenizer(cfg.teacher.model)

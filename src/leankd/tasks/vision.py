@@ -15,6 +15,7 @@ from leankd.teacher import load_weights, save_model
 
 class VisionTask:
     name, eval_split, is_regression, num_outputs = "cifar10", "test", False, 10
+    extra_eval_splits: list[str] = []
 
     def __init__(self, cfg, data_dir: Path):
         self.cfg = cfg
