@@ -16,6 +16,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 from leankd.config import config_hash, save_config
 from leankd.data.cifar10 import resolve_data_dir

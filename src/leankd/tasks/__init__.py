@@ -35,12 +35,9 @@ def data_identity(cfg, data_dir: Path) -> list[str]:
 def check_data(cfg, data_dir: Path) -> None:
     """Fail before any work if a data file the experiment needs is missing or malformed."""
     if cfg.data.dataset == "glue":
-        from leankd.data.glue import get_task
+        from leankd.data.glue import get_task, load_glue
 
-        t = get_task(cfg.data.task)
-        from leankd.data.glue import load_glue
-
-        for split in ("train", t.dev_splits[0]):
+        for split in ("train", *get_task(cfg.data.task).dev_splits):
             load_glue(data_dir, cfg.data.task, split)
         return
     from leankd.data.cifar10 import check_cifar10
