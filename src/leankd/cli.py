@@ -3,6 +3,8 @@
     leankd run configs/demo/cifar10-resnet20-resnet8.yaml [key=value ...] [--out runs] [--data-dir DIR]
     leankd report [--out runs] [--experiment NAME] [--json]
     leankd eval runs/students/<experiment>/kd-seed0.safetensors [--data-dir DIR]   (or a text model folder)
+    leankd layers resnet20 | minilm-l6 | CONFIG            (candidate layers: index, module name, output shape)
+    leankd layers CONFIG --rank [--out runs]               (teacher layers ranked by measured importance)
 
 User mistakes (config, data, checkpoint, NaN loss) print one line naming the problem and the fix, and
 exit with status 2; nothing already written is lost.
@@ -98,6 +100,98 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _models_of(target: str, overrides: list[str]):
+    """[(role, name, untrained model, example input)] for a model name or an experiment config."""
+    import torch
+
+    from leankd.models import create_model, list_models
+    from leankd.models.text import build_text_model, load_tokenizer, student_from_teacher
+
+    def text_input(name: str):
+        return dict(load_tokenizer(name)("leankd lists the layers of this model", return_tensors="pt"))
+
+    image = torch.zeros(1, 3, 32, 32)
+    if not target.endswith((".yaml", ".yml")):
+        if target in list_models():
+            return [("model", target, create_model(target, 10), image)]
+        return [("model", target, build_text_model(target, 2), text_input(target))]
+    from leankd.config import load_config
+    from leankd.distill.selection import init_layer_indices
+
+    cfg = load_config(target, overrides)
+    if cfg.data.dataset == "cifar10":
+        return [("teacher", cfg.teacher.model, create_model(cfg.teacher.model, 10), image),
+                ("student", cfg.student.model, create_model(cfg.student.model, 10), image)]
+    teacher, x = build_text_model(cfg.teacher.model, 2), text_input(cfg.teacher.model)
+    if cfg.student.layers is not None:
+        layers = init_layer_indices(teacher, cfg.student.layers)
+        student = ("student", f"{cfg.teacher.model}{layers}", student_from_teacher(teacher, layers), x)
+    else:
+        student = ("student", cfg.student.model, build_text_model(cfg.student.model, 2), x)
+    return [("teacher", cfg.teacher.model, teacher, x), student]
+
+
+def cmd_layers(args) -> int:
+    import torch
+
+    from leankd.batching import logits_of
+    from leankd.distill.taps import Taps, candidate_layers
+
+    if args.rank:
+        return _rank(args)
+    for role, name, model, x in _models_of(args.target, args.overrides):
+        names = candidate_layers(model)
+        model.eval()
+        with Taps(model, names) as taps, torch.no_grad():
+            logits_of(model, x)
+            feats = taps.pop()
+        print(f"{role} {name}: {len(names)} candidate layers (shapes for one sample)")
+        width = max(len(n) for n in names)
+        for i, n in enumerate(names):
+            print(f"  {i:>3}  {n:<{width}}  {tuple(feats[n]['out'].shape)}")
+    return 0
+
+
+def _rank(args) -> int:
+    import time
+
+    import torch
+
+    from leankd.config import ConfigError, load_config
+    from leankd.distill.importance import format_ranking
+    from leankd.distill.ranking import load_or_rank, ranking_path
+    from leankd.distill.taps import candidate_layers
+    from leankd.experiment import obtain_teacher
+    from leankd.precision import Precision, resolve_device
+    from leankd.tasks import build_task
+    from leankd.teacher import teacher_dir
+
+    if not args.target.endswith((".yaml", ".yml")):
+        raise ConfigError("config error: --rank scores a trained teacher on its data: give an experiment "
+                          "config (e.g. configs/findings/cifar10-resnet20-resnet8.yaml), not a model name")
+    cfg = load_config(args.target, args.overrides)
+    t0 = time.perf_counter()
+    data_dir, key = obtain_teacher(cfg, args.data_dir, args.out)  # trains it first if none is stored
+    tdir = teacher_dir(Path(args.out), key)
+    device = resolve_device(cfg.device)
+    task = build_task(cfg, data_dir, Path(args.out) / "cache")
+    teacher = task.load(tdir / "model")[0].to(device)
+    if args.recompute:
+        ranking_path(tdir, cfg.ranking).unlink(missing_ok=True)
+    result = load_or_rank(task, teacher, tdir, cfg.ranking, Precision.create(cfg.precision, device), device)
+    print(f"teacher {cfg.teacher.model} ({tdir}): {len(result['ranked'])} layers ranked by {result['by']} "
+          f"on {result['samples']} training samples")
+    print(format_ranking(result["ranked"], result["by"]))
+    made = "reused the stored ranking, which took" if result["reused"] else "took"
+    print(f"ranking cost: {made} {result['seconds']:.1f} s; this command {time.perf_counter() - t0:.1f} s; "
+          f"stored in {result['path']}")
+    student = _models_of(args.target, args.overrides)[1][2]
+    s = len(candidate_layers(student))
+    print(f"pairs: auto for this student ({s} layers) distils teacher layers "
+          f"{sorted(r['index'] for r in result['ranked'][:s])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leankd", description="Knowledge distillation at minimal compute, "
                                 "with an honest cost ledger.")
@@ -125,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     e.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="default: fp32")
     e.set_defaults(func=cmd_eval)
+
+    ly = sub.add_parser("layers", help="list a model's candidate layers, or rank a teacher's by importance")
+    ly.add_argument("target", help="a model name (resnet20, minilm-l6, bert-base, a local HF folder) or an "
+                    "experiment YAML")
+    ly.add_argument("overrides", nargs="*", help="dotted key=value overrides for a config")
+    ly.add_argument("--rank", action="store_true", help="score every teacher layer (ablation, block influence, "
+                    "probe accuracy) on a calibration sample; trains the teacher first if none is stored")
+    ly.add_argument("--out", default="runs", help="folder with stored teachers and rankings (default: runs)")
+    ly.add_argument("--data-dir", default=None, help="data directory (default: $LEANKD_DATA_DIR)")
+    ly.add_argument("--recompute", action="store_true", help="rank again even if a ranking is stored")
+    ly.set_defaults(func=cmd_layers)
     return p
 
 

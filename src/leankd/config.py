@@ -69,16 +69,63 @@ class TeacherConfig(_Strict):
 
 
 
+LayerRef = int | str  # a 0-based index into the model's candidate layers (`leankd layers`), or a module name
+PRESETS = ("last", "skip", "uniform", "auto", "random")
+FEATURE_LOSSES = ("hint_mse", "hint_cosine", "attention_transfer", "attention_relation")
+
+
 class StudentConfig(_Strict):
     model: str = "resnet8"
-    layers: list[int] | None = Field(None, description="text: 0-based teacher layers the student keeps")
+    layers: list[LayerRef] | None = Field(None, description="text: teacher layers (index or name) the student keeps")
+
+
+class PairSpec(_Strict):
+    """One explicit layer pair: a student layer distilled from a teacher layer (index or module name)."""
+    student: LayerRef
+    teacher: LayerRef
 
 
 class ArmConfig(_Strict):
-    method: Literal["plain", "kd"] = "plain"
+    method: Literal["plain", "kd", "features"] = Field(
+        "plain", description="plain: labels only; kd: + teacher logits (+ feature pairs if set); "
+        "features: labels + feature pairs only (the teacher forward stops after its deepest tapped layer)")
     temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
-    layers: list[int] | None = Field(None, description="text: this arm's teacher layers (overrides student.layers)")
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the logit-KD term vs the label loss")
+    layers: list[LayerRef] | None = Field(None, description="text: this arm's teacher layers (overrides student.layers)")
+    pairs: Literal["last", "skip", "uniform", "auto", "random"] | list[LayerRef | PairSpec] | None = Field(
+        None, description="feature distillation: a preset, or teacher layers for student layers 0, 1, ..., or "
+        "{student, teacher} records")
+    pair_seed: int = Field(0, description="the draw for pairs=random")
+    feature_losses: dict[str, float] = Field(
+        {"hint_mse": 1.0}, description=f"feature loss -> weight (summed over pairs / number of pairs); "
+        f"one of {', '.join(FEATURE_LOSSES)}")
+    relations: list[Literal["qq", "kk", "vv", "qk"]] = Field(
+        ["qq", "kk", "vv"], description="attention_relation: MiniLMv2 Q-Q/K-K/V-V; qk = attention (MiniLM v1)")
+    relation_heads: int | None = Field(None, gt=0, description="attention_relation heads (default: teacher's)")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "ArmConfig":
+        bad = [k for k in self.feature_losses if k not in FEATURE_LOSSES]
+        if bad:
+            close = difflib.get_close_matches(bad[0], FEATURE_LOSSES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(FEATURE_LOSSES)}"
+            raise ValueError(f"unknown feature loss '{bad[0]}'{hint}")
+        if any(w < 0 for w in self.feature_losses.values()):
+            raise ValueError("feature loss weights must be >= 0")
+        if self.method == "features" and not self.pairs:
+            raise ValueError("method 'features' needs pairs (a preset or a list of layers)")
+        if self.method == "plain" and self.pairs:
+            raise ValueError("pairs need a teacher: use method 'kd' (logits + features) or 'features'")
+        return self
+
+
+class RankingConfig(_Strict):
+    samples: int = Field(512, ge=8, description="calibration samples drawn from the training data")
+    by: Literal["ablation", "influence"] = Field(
+        "ablation", description="auto's score: task-loss increase when the layer is ablated, or block "
+        "influence 1 - cos(input, output)")
+    seed: int = 0
+    batch_size: int = Field(128, gt=0)
 
 
 class MeteringConfig(_Strict):
@@ -99,6 +146,7 @@ class ExperimentConfig(_Strict):
     device: str = "auto"
     threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: torch's choice)")
     metering: MeteringConfig = MeteringConfig()
+    ranking: RankingConfig = RankingConfig()
 
     @field_validator("seeds")
     @classmethod

@@ -82,6 +82,11 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
     run in this process, so their rows' peak memory reads "unavailable"."""
     data_dir = resolve_data_dir(data_dir)
     check_data(cfg, data_dir)  # fail before any work on a missing or malformed file
+    if student is None and teacher is None:
+        from leankd.distill.selection import check_layers
+        from leankd.tasks import build_task
+
+        check_layers(cfg, build_task(cfg, data_dir))  # a bad layer name fails now, not after the teacher
     out_dir = Path(out_dir)
     store = ResultsStore(out_dir / "results.db")
     save_config(cfg, out_dir / "configs" / f"{cfg.name}-{cfg.hash()}.yaml")
@@ -96,18 +101,7 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
     written, failures = [], []
     with tempfile.TemporaryDirectory(prefix="leankd-") as tmp:
         work = Path(tmp)
-        if store.find(cfg.name, key, "teacher", cfg.teacher.seed):
-            log.info("teacher row for %s already in the store; skipping", key)
-        elif is_stored(out_dir, key):
-            log.info("reusing stored teacher %s (%s): not retraining", key, teacher_dir(out_dir, key))
-            written.append(store_reused_teacher(store, cfg, out_dir, key))
-        else:
-            log.info("training teacher %s (stored under %s)", cfg.teacher.model, teacher_dir(out_dir, key))
-            job = {**base, "role": "teacher", "arm": "teacher", "seed": cfg.teacher.seed}
-            row = _row(cfg, job, run_one(job, work), key)
-            store.insert(row)
-            written.append(row)
-            _save_teacher_row(out_dir, key, row)
+        written += _ensure_teacher(cfg, store, out_dir, base, run_one, work)
         for arm in cfg.arms:
             row_hash = _student_hash(cfg, arm)
             for seed in cfg.seeds:
@@ -128,6 +122,37 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
     if failures:
         raise JobFailed(f"{len(failures)} job(s) failed: " + "; ".join(failures))
     return written
+
+
+def _ensure_teacher(cfg, store: ResultsStore, out_dir: Path, base: dict, run_one, work: Path) -> list[dict]:
+    """The teacher's row for this experiment: already there, a stored teacher reused, or trained now."""
+    key = base["teacher_key"]
+    if store.find(cfg.name, key, "teacher", cfg.teacher.seed):
+        log.info("teacher row for %s already in the store; skipping", key)
+        return []
+    if is_stored(out_dir, key):
+        log.info("reusing stored teacher %s (%s): not retraining", key, teacher_dir(out_dir, key))
+        return [store_reused_teacher(store, cfg, out_dir, key)]
+    log.info("training teacher %s (stored under %s)", cfg.teacher.model, teacher_dir(out_dir, key))
+    job = {**base, "role": "teacher", "arm": "teacher", "seed": cfg.teacher.seed}
+    row = _row(cfg, job, run_one(job, work), key)
+    store.insert(row)
+    _save_teacher_row(out_dir, key, row)
+    return [row]
+
+
+def obtain_teacher(cfg, data_dir: str | Path | None, out_dir: str | Path) -> tuple[Path, str]:
+    """Train (in a child process) or reuse the config's teacher, without any student arm: (data dir, key)."""
+    data_dir = resolve_data_dir(data_dir)
+    check_data(cfg, data_dir)
+    out_dir = Path(out_dir)
+    key = teacher_key(cfg, data_dir)
+    base = {"config": cfg.model_dump(mode="json"), "data_dir": str(data_dir), "out_dir": str(out_dir.resolve()),
+            "teacher_key": key}
+    if not is_stored(out_dir, key):
+        with tempfile.TemporaryDirectory(prefix="leankd-") as tmp:
+            _ensure_teacher(cfg, ResultsStore(out_dir / "results.db"), out_dir, base, _run_isolated, Path(tmp))
+    return data_dir, key
 
 
 def _save_teacher_row(out_dir: Path, key: str, row: dict) -> None:

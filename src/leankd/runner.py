@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from leankd.config import ArmConfig, build_config
-from leankd.batching import logits_of, to_device
+from leankd.batching import to_device
 from leankd.distill.distiller import Distiller
+from leankd.distill.ranking import load_or_rank
+from leankd.distill.selection import build_pairs, describe, init_layer_indices, teacher_indices
 from leankd.metering.energy import EnergyMeter
 from leankd.metering.flops import count_flops
 from leankd.metering.latency import measure_latency
@@ -57,9 +59,9 @@ def count_train_flops(distiller, teacher, optimizer, precision, loader, epochs: 
 
         total += n_samples * count_flops(step, distiller.student, *([teacher] if teacher else []),
                                          optimizers=[optimizer]) // b0
-        if distiller.needs_teacher:
+        if distiller.needs_teacher:  # the distiller's own teacher forward: truncated when features-only
             with torch.no_grad():
-                teacher_total += n_samples * count_flops(lambda: logits_of(teacher, x), teacher) // b0
+                teacher_total += n_samples * count_flops(lambda: distiller.teacher_outputs(x), teacher) // b0
     distiller.teacher_s = 0.0
     return {"train_flops": total, "teacher_flops": teacher_total}
 
@@ -104,6 +106,8 @@ def run_job(job: dict, student=None, teacher_module: torch.nn.Module | None = No
     torch.manual_seed(seed)  # model init; data randomness is a pure function of (seed, epoch, index)
     user = teacher_module if role == "teacher" else (_user_model(student) if student is not None else None)
     layers = arm.layers if arm.layers is not None else cfg.student.layers
+    if layers is not None and role == "student":
+        layers = init_layer_indices(teacher, layers)
     model = user if user is not None else task.build_model(role, layers=layers, teacher=teacher)
     model_name = type(user).__name__ if user is not None else (
         cfg.teacher.model if role == "teacher" else
@@ -115,23 +119,36 @@ def run_job(job: dict, student=None, teacher_module: torch.nn.Module | None = No
         teacher = None  # only used to initialise the student's layers
     train_loader = task.train_loader(optim.batch_size, seed)
     eval_loader = task.eval_loader(task.eval_split, optim.batch_size)
-    distiller = Distiller(model, teacher, arm, optim.label_smoothing, regression=task.is_regression)
-    opt = build_optimizer(model, optim)
+    pairs, ranking = [], None
+    if arm.pairs:
+        if arm.pairs == "auto":
+            ranking = load_or_rank(task, teacher, tdir, cfg.ranking, prec, device)
+        pairs = build_pairs(arm, model, teacher, ranking["ranked"] if ranking else None)
+    example = to_device(train_loader.example(None, 2)[0], device) if pairs else None
+    distiller = Distiller(model, teacher, arm, optim.label_smoothing, regression=task.is_regression,
+                          pairs=pairs, example=example)
+    if pairs:
+        log.info("%s layer pairs (student <- teacher): %s", job["arm"], describe(pairs))
+    opt = build_optimizer(distiller, optim)  # the student's parameters and the pairs' adapters
     sched = build_scheduler(opt, optim, optim.epochs * len(train_loader))
     log.info("%s: %s, %d train samples, %d epochs, precision %s (%s), device %s", job["arm"], model_name,
              train_loader.num_samples, optim.epochs, prec.name, prec.reason, device)
 
     from_ckpt = role == "teacher" and (cfg.teacher.checkpoint or teacher_module is not None)
     flops = {"train_flops": 0, "teacher_flops": 0}
-    if from_ckpt:
-        if teacher_module is None:
-            load_weights(model, cfg.teacher.checkpoint)
-        stats, energy = {"train_s": 0.0, "epoch_loss": []}, {"joules": None, "source": "unavailable"}
-    else:
-        flops = count_train_flops(distiller, teacher, opt, prec, train_loader, optim.epochs)
-        with EnergyMeter(device) as meter:
-            stats = fit(distiller, train_loader, opt, sched, prec, optim.epochs, device, tag=f"{job['arm']}/s{seed}")
-        energy = {"joules": meter.joules, "source": meter.source}
+    try:
+        if from_ckpt:
+            if teacher_module is None:
+                load_weights(model, cfg.teacher.checkpoint)
+            stats, energy = {"train_s": 0.0, "epoch_loss": []}, {"joules": None, "source": "unavailable"}
+        else:
+            flops = count_train_flops(distiller, teacher, opt, prec, train_loader, optim.epochs)
+            with EnergyMeter(device) as meter:
+                stats = fit(distiller, train_loader, opt, sched, prec, optim.epochs, device,
+                            tag=f"{job['arm']}/s{seed}")
+            energy = {"joules": meter.joules, "source": meter.source}
+    finally:
+        distiller.close()  # every hook removed before evaluation, latency and saving
 
     logits, labels = predict(model, eval_loader, prec, device)
     metrics = task.metrics(logits, labels)
@@ -142,6 +159,11 @@ def run_job(job: dict, student=None, teacher_module: torch.nn.Module | None = No
              "epoch_loss": stats["epoch_loss"], "precision": prec.name, "precision_reason": prec.reason,
              "train_samples": train_loader.num_samples, "teacher_flops": flops["teacher_flops"],
              "from_checkpoint": bool(from_ckpt)}
+    if pairs:
+        extra.update(layer_pairs=[p.to_dict() for p in pairs], layer_map=describe(pairs),
+                     teacher_layers=teacher_indices(pairs))
+    if ranking:
+        extra["ranking"] = {k: ranking[k] for k in ("by", "samples", "seconds", "path", "reused")}
     val_loader = task.eval_loader("val", optim.batch_size)
     if val_loader is not None:
         extra["val_metrics"] = task.metrics(*predict(model, val_loader, prec, device))

@@ -5,6 +5,8 @@ probabilities that carry the teacher's "dark knowledge".
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -43,3 +45,101 @@ def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     ce = cross_entropy(student_logits, labels, label_smoothing)
     kl = kd_kl(student_logits, teacher_logits, temperature)
     return {"loss": (1 - alpha) * ce + alpha * kl, "ce": ce, "kd": kl}
+
+
+# --- Feature distillation ------------------------------------------------------------------
+# Hidden states / feature maps are upcast too: squared errors and softmaxes over attention
+# scores overflow or lose precision in half precision long before logits do.
+
+def align_spatial(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps (B, C, H, W) with different H, W -> both at (min H, min W) by adaptive average pooling.
+
+    Each dim is handled independently and only the larger map is pooled (never upsampled: an
+    interpolated target invents detail the teacher never had). 3-D or same-size inputs pass through."""
+    if s.dim() != 4 or t.dim() != 4 or s.shape[-2:] == t.shape[-2:]:
+        return s, t
+    size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
+    s, t = (x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size) for x in (s, t))
+    return s, t
+
+
+def _paired_features(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None):
+    """Upcast, align and shape-check a (student, teacher) pair; with mask (B, L) keep only real
+    tokens -> (N, D), so padding never enters the arithmetic (even inf/NaN there is harmless)."""
+    s2, t2 = align_spatial(s.float(), t.float())
+    if s2.shape != t2.shape:
+        raise ValueError(f"student {tuple(s.shape)} and teacher {tuple(t.shape)} features differ "
+                         "after spatial alignment; project the student to the teacher's width first")
+    if mask is None:
+        return s2, t2
+    if s2.dim() != 3 or tuple(mask.shape) != tuple(s2.shape[:2]):
+        raise ValueError(f"mask {tuple(mask.shape)} needs hidden states (B, L, D), got {tuple(s2.shape)}")
+    keep = mask.bool()
+    return s2[keep], t2[keep]
+
+
+def hint_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """FitNets hint: mean squared difference of maps (B, C, H, W) or hidden states (B, L, D).
+
+    With mask (B, L) (1 = real token): mean over real tokens of the per-token mean over D."""
+    s, t = _paired_features(s, t, mask)
+    return (s - t).pow(2).mean()
+
+
+def hint_cosine(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - cosine similarity over the feature dim (C per spatial position of (B, C, H, W) maps,
+    D per token of (B, L, D) states), averaged over positions / real tokens. Scale-free, so it
+    matches direction even where student and teacher activations differ in magnitude."""
+    s, t = _paired_features(s, t, mask)
+    return (1 - F.cosine_similarity(s, t, dim=1 if s.dim() == 4 else -1)).mean()
+
+
+def _attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W): channel-mean of activation^p, L2-normalised per sample."""
+    return F.normalize(f.pow(p).mean(1).flatten(1), dim=1)
+
+
+def attention_transfer(s: torch.Tensor, t: torch.Tensor, p: float = 2) -> torch.Tensor:
+    """Zagoruyko & Komodakis 2017: mean squared difference of normalised spatial attention maps.
+
+    s (B, C_s, H_s, W_s), t (B, C_t, H_t, W_t): channels are averaged away, so C_s != C_t is fine;
+    spatial sizes are aligned first."""
+    s, t = align_spatial(s.float(), t.float())
+    return (_attention_map(s, p) - _attention_map(t, p)).pow(2).mean()
+
+
+def relation_log_probs(x: torch.Tensor, y: torch.Tensor, heads: int,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Self-attention relation of x with y: x, y (B, L, D), mask (B, L) -> log-probs (B, heads, L, L).
+
+    D is split into `heads` relation heads; scores = x_h @ y_h^T / sqrt(D / heads), padded keys
+    get the most negative finite float (not -inf, which turns a fully masked row into NaN), then
+    log_softmax over keys. With x = query, y = key outputs this is the model's attention."""
+    x, y = x.float(), y.float()
+    b, l, d = x.shape
+    if d % heads:
+        raise ValueError(f"feature dim {d} is not divisible by heads={heads}")
+    x, y = (z.reshape(b, z.shape[1], heads, d // heads).transpose(1, 2) for z in (x, y))
+    scores = x @ y.transpose(-1, -2) / math.sqrt(d // heads)
+    if mask is not None:
+        scores = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1)
+
+
+def attention_relation(s_x: torch.Tensor, t_x: torch.Tensor, heads: int, mask: torch.Tensor | None = None,
+                       s_y: torch.Tensor | None = None, t_y: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLM(v2) relation KD: KL(teacher || student) between relation_log_probs of each model.
+
+    s_x (B, L, D_s), t_x (B, L, D_t) are a layer's query/key/value projection outputs; D_s != D_t
+    is fine because relations are (L, L) per head. y defaults to x (Q-Q, K-K, V-V relations of
+    MiniLMv2); x = q, y = k distils the attention distribution itself (MiniLM v1). KL is summed
+    over keys and averaged over real query tokens (mask (B, L)), heads and batch."""
+    if s_x.shape[-1] % heads or t_x.shape[-1] % heads:
+        raise ValueError(f"student dim {s_x.shape[-1]} and teacher dim {t_x.shape[-1]} "
+                         f"must both be divisible by heads={heads}")
+    log_s = relation_log_probs(s_x, s_x if s_y is None else s_y, heads, mask)
+    log_t = relation_log_probs(t_x, t_x if t_y is None else t_y, heads, mask)
+    kl = F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(-1)  # (B, heads, L)
+    if mask is None:
+        return kl.mean()
+    return kl.transpose(1, 2)[mask.bool()].mean()  # (N_real, heads): padded queries dropped

@@ -51,6 +51,11 @@ def _joined(values: list[Any]) -> str | None:
     return ", ".join(str(v) for v in _distinct(values)) or None
 
 
+def _layers(layers: list | None) -> str | None:
+    """Distilled teacher layers as the report shows them, e.g. "2,5,8"."""
+    return ",".join(str(x) for x in layers) if layers else None
+
+
 def _ratio(arm: dict | None, plain: dict | None) -> float | None:
     if arm is None or plain is None or not plain["mean"]:
         return None
@@ -80,6 +85,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             "model": _joined([r.get("model") for r in runs]),
             "task": _joined([r.get("task") for r in runs]),
             "split": _joined([r.get("split") for r in runs]),
+            "teacher_layers": _joined([_layers((r.get("extra") or {}).get("teacher_layers")) for r in runs]),
             "metrics": {m: _stats([(r.get("metrics") or {}).get(m) for r in runs])
                         for m in metric_names},
         }
@@ -168,6 +174,8 @@ def to_markdown(summary: list[dict], title: str) -> str:
 
     columns: list[tuple[str, Callable[[dict], str]]] = [("arm", lambda s: s["arm"]),
                                                         ("n", lambda s: str(s["n"]))]
+    if any(s.get("teacher_layers") for s in summary):  # selective layer distillation: which layers
+        columns.append(("teacher layers", lambda s: s.get("teacher_layers") or _NA))
     columns += [(f"{m} (%)" if _is_percent(m) else m, lambda s, m=m: _metric_cell(s, m))
                 for m in metric_names]
     columns += [(f, lambda s, f=f: _pm(s[f], _num))
@@ -200,7 +208,8 @@ def to_markdown(summary: list[dict], title: str) -> str:
               "Times in s: train_s is the training loop only (evaluation and warm-up excluded); "
               "teacher_s is a breakdown (part of train_s for an online teacher, the cache share "
               "for a cached one); total_s = train_s + cache_share_s. Memory in MiB, energy in J "
-              "with its source. ×plain: ratio of means to the plain arm.", ""]
+              "with its source. ×plain: ratio of means to the plain arm. teacher layers: the teacher "
+              "layers (candidate indices, `leankd layers`) whose features the arm distils.", ""]
     return "\n".join(lines)
 
 

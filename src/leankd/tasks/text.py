@@ -50,6 +50,13 @@ class TextTask:
         enc, labels = self._split(split)
         return TextLoader(enc, labels, batch_size, bucket=True, pad_id=self.tokenizer.pad_token_id or 0)
 
+    def calibration_loader(self, n: int, batch_size: int, seed: int) -> TextLoader:
+        """A fixed random sample of n training examples (for layer ranking)."""
+        enc, labels = self._split("train")
+        idx = np.sort(np.random.default_rng(seed).permutation(len(labels))[:n])
+        sub = {k: [v[i] for i in idx] for k, v in enc.items()}
+        return TextLoader(sub, labels[idx], batch_size, bucket=True, pad_id=self.tokenizer.pad_token_id or 0)
+
     def build_model(self, role: str, layers=None, teacher=None) -> torch.nn.Module:
         if role == "student" and layers is not None:
             return student_from_teacher(teacher, list(layers))

@@ -29,6 +29,12 @@ class VisionTask:
         data = self.splits.get(split)
         return VisionLoader(*data, batch_size=batch_size) if data is not None else None
 
+    def calibration_loader(self, n: int, batch_size: int, seed: int) -> VisionLoader:
+        """A fixed random sample of n training images, not augmented (for layer ranking)."""
+        images, labels = self.splits["train"]
+        idx = np.sort(np.random.default_rng(seed).permutation(len(labels))[:n])
+        return VisionLoader(images[idx], labels[idx], batch_size=batch_size)
+
     def build_model(self, role: str, layers=None, teacher=None) -> torch.nn.Module:
         name = self.cfg.teacher.model if role == "teacher" else self.cfg.student.model
         return create_model(name, self.num_outputs).to(memory_format=torch.channels_last)
