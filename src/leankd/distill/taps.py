@@ -90,7 +90,7 @@ def _first(output):
 
 class Taps:
     def __init__(self, model: nn.Module, names: list[str], qkv: bool = False, stop_after: str | None = None):
-        self.model, self.store, self.handles = model, {}, []
+        self.model, self.store, self.handles, self.running = model, {}, [], False
         for name in dict.fromkeys(names):  # each layer hooked once even if it appears in several pairs
             module = model.get_submodule(resolve_layer(model, name))
             self.handles.append(module.register_forward_hook(self._hook(name, "out", name == stop_after)))
@@ -103,7 +103,7 @@ class Taps:
     def _hook(self, name: str, part: str, stop: bool = False):
         def hook(module, args, output):
             self.store.setdefault(name, {})[part] = _first(output)
-            if stop:
+            if stop and self.running:  # only inside `run`: another user of this model is never cut short
                 raise StopForward  # the rest of the forward is never computed
         return hook
 
@@ -114,10 +114,13 @@ class Taps:
 
     def run(self, fn, *args, **kwargs):
         """Call fn (a forward); returns its result, or None when a `stop_after` tap ended it early."""
+        self.running = True
         try:
             return fn(*args, **kwargs)
         except StopForward:
             return None
+        finally:
+            self.running = False
 
     def close(self) -> None:
         for h in self.handles:
