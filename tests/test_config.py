@@ -30,6 +30,12 @@ def test_wrong_type_names_key():
     assert "train.epochs" in msg and "abc" in msg
 
 
+def test_bad_layer_pairs_name_the_arm_key():
+    msg = _err("arms.kd.pairs=lst")
+    assert msg.startswith("config error: arms.kd.pairs:") and "'last'" in msg and "'lst'" in msg
+    assert "arms.kd.pairs.0:" in _err("arms.kd.pairs=[1.5]")
+
+
 def test_fp16_on_cpu_refused():
     msg = _err("precision=fp16", "device=cpu")
     assert "fp16" in msg and "bf16" in msg

@@ -226,8 +226,11 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 
 
 def _format_error(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
+    # a value matching no branch of a union (arms.<name>.pairs) gives one error per branch: report the
+    # deepest one (the branch the input was meant for) and drop pydantic's branch tags from its location
+    e = max(err.errors(), key=lambda e: len(e["loc"]))
+    tags = ("int", "str", PairSpec.__name__)
+    loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in tags)))
     if e["type"] == "extra_forbidden":
         arm_fields = _valid_keys(ArmConfig)
         valid = _valid_keys(ExperimentConfig) + [f"arms.<name>.{k}" for k in arm_fields]
