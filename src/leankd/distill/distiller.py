@@ -121,16 +121,17 @@ class Distiller(nn.Module):
             terms[p.loss] = terms.get(p.loss, 0.0) + p.weight * value
         return terms
 
+    def _label_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return losses.mse(logits, y) if self.regression else losses.cross_entropy(logits, y, self.label_smoothing)
+
     def forward(self, x, y: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = logits_of(self.student, x)
         if not self.needs_teacher:
-            loss = losses.mse(logits, y) if self.regression else losses.cross_entropy(logits, y, self.label_smoothing)
-            return {"loss": loss, "logits": logits}
+            return {"loss": self._label_loss(logits, y), "logits": logits}
         s_feats = self.s_taps.pop() if self.s_taps is not None else {}
         t_logits, t_feats = self.teacher_outputs(x)
         if self.arm.method == "features":  # the labels' loss; the teacher speaks through features only
-            out = {"loss": losses.mse(logits, y) if self.regression else
-                   losses.cross_entropy(logits, y, self.label_smoothing)}
+            out = {"loss": self._label_loss(logits, y)}
         elif self.regression:  # STS-B: match the teacher's prediction (MSE) beside the gold score
             out = losses.regression_kd(logits, t_logits, y, self.arm.alpha)
         else:
