@@ -1,9 +1,12 @@
 """The Python API takes any nn.Module as teacher or student, through the same runner and store."""
+import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from leankd.config import load_config
 from leankd.experiment import run_experiment
+from leankd.models import create_model
 from leankd.results.store import ResultsStore
 
 
@@ -31,3 +34,30 @@ def test_user_modules_as_teacher_and_student(tmp_path, data_dir):
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert rows[1]["peak_mem_mb"] is None and "unavailable" in rows[1]["peak_mem_source"]
     assert len(ResultsStore(tmp_path / "results.db").rows("api")) == 3
+
+
+def _small_data(src, dst, n_train=256, n_test=128):
+    """A CIFAR-10 data directory holding a real slice (so a test can change its content)."""
+    (dst / "cifar10").mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        with np.load(src / "cifar10" / f"cifar10_{split}.npz") as z:
+            np.savez(dst / "cifar10" / f"cifar10_{split}.npz", images=z["images"][:n], labels=z["labels"][:n])
+
+
+def test_student_rows_are_redone_when_the_teacher_weights_or_the_data_change(tmp_path, data_dir):
+    data, ckpt, out = tmp_path / "data", tmp_path / "teacher.safetensors", tmp_path / "runs"
+    _small_data(data_dir, data)
+    torch.manual_seed(0)
+    save_file(create_model("resnet8", 10).state_dict(), str(ckpt))
+    cfg = load_config("tests/configs/tiny-cifar10.yaml", [
+        "name=ident", f"teacher.checkpoint={ckpt}", "arms={plain: {method: plain}}", "metering.isolate_arms=false"])
+    assert [r["arm"] for r in run_experiment(cfg, data, out)] == ["teacher", "plain"]
+    assert run_experiment(cfg, data, out) == []  # nothing changed: every row is reused
+    torch.manual_seed(1)
+    save_file(create_model("resnet8", 10).state_dict(), str(ckpt))  # same path, other weights
+    assert [r["arm"] for r in run_experiment(cfg, data, out)] == ["teacher", "plain"]
+    with np.load(data / "cifar10" / "cifar10_train.npz") as z:
+        images, labels = z["images"], z["labels"]
+    np.savez(data / "cifar10" / "cifar10_train.npz", images=images, labels=(labels + 1) % 10)  # same files, new data
+    assert [r["arm"] for r in run_experiment(cfg, data, out)] == ["teacher", "plain"]
+    assert len({r["config_hash"] for r in ResultsStore(out / "results.db").rows("ident") if r["arm"] == "plain"}) == 3

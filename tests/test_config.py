@@ -14,9 +14,14 @@ def _err(*overrides, path=DEMO):
     return msg
 
 
-def test_demo_config_loads_with_overrides():
-    cfg = load_config(DEMO, ["train.epochs=2", "seeds=[0,1]", "arms.kd.temperature=2"])
-    assert cfg.train.epochs == 2 and cfg.seeds == [0, 1] and cfg.arms["kd"].temperature == 2.0
+def test_overrides_win_over_the_file_and_leave_siblings_alone(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("train: {epochs: 5, lr: 0.3}\narms: {kd: {method: kd, alpha: 0.5}}\n")
+    cfg = load_config(path, ["train.epochs=2", "seeds=[0,1]", "arms.kd.temperature=2", "arms.new.method=plain"])
+    assert (cfg.train.epochs, cfg.train.lr) == (2, 0.3)  # the override replaced one key of the section only
+    assert cfg.seeds == [0, 1] and cfg.name == "exp"  # YAML values; the name defaults to the file stem
+    assert (cfg.arms["kd"].temperature, cfg.arms["kd"].alpha) == (2.0, 0.5)
+    assert set(cfg.arms) == {"kd", "new"}
 
 
 def test_unknown_key_suggests_closest():
@@ -50,7 +55,9 @@ def test_bad_override_syntax():
 
 
 def test_missing_data_dir_is_one_line_error(tmp_path, monkeypatch):
-    from leankd.data.cifar10 import DataError, resolve_data_dir, check_cifar10
+    from leankd.data.cifar10 import check_cifar10
+    from leankd.data.files import resolve_data_dir
+    from leankd.errors import DataError
 
     monkeypatch.delenv("LEANKD_DATA_DIR", raising=False)
     with pytest.raises(DataError, match="--data-dir"):
@@ -70,8 +77,23 @@ def test_unknown_model_name_suggests_closest():
     assert "teacher.model" in msg and "did you mean 'resnet20'" in msg
 
 
-def test_paper_config_is_for_gpus_and_loads_with_cpu_precision():
-    assert "fp16" in _err(path="configs/paper/cifar10-resnet50-resnet18.yaml")
-    cfg = load_config("configs/paper/cifar10-resnet50-resnet18.yaml", ["precision=bf16"])
-    assert (cfg.teacher.model, cfg.student.model, cfg.train.batch_size, cfg.train.epochs) == ("resnet50", "resnet18", 64, 50)
-    assert cfg.train.optimizer == "adam" and cfg.train.lr == 0.001
+def test_paper_config_is_refused_on_cpu_until_precision_is_changed():
+    assert "precision=fp16 is refused on CPU" in _err(path="configs/paper/cifar10-resnet50-resnet18.yaml")
+    assert load_config("configs/paper/cifar10-resnet50-resnet18.yaml", ["precision=bf16"]).precision == "bf16"
+
+
+def test_unknown_device_is_one_line():
+    assert "unknown device 'tpu9'" in _err("device=tpu9")
+
+
+def test_attention_transfer_refused_on_text_layers():
+    msg = _err("arms={x: {method: kd, pairs: skip, feature_losses: {attention_transfer: 1}}}",
+               path="tests/configs/tiny-sst2.yaml")
+    assert "arms.x: attention_transfer" in msg and "hint_mse" in msg
+
+
+def test_temperature_refused_for_regression_where_kd_is_an_mse():
+    msg = _err("data.task=stsb", "arms={kd: {method: kd, temperature: 2.0}}", path="tests/configs/tiny-sst2.yaml")
+    assert "arms.kd.temperature does not apply" in msg and "stsb" in msg
+    cfg = load_config("tests/configs/tiny-sst2.yaml", ["data.task=stsb", "arms={kd: {method: kd, alpha: 0.5}}"])
+    assert cfg.arms["kd"].alpha == 0.5  # the default temperature is not an error: it is never used or recorded

@@ -82,7 +82,8 @@ def test_augment_crop_and_flip_are_correct():
 
 def test_nan_loss_stops_with_one_line_error():
     import pytest
-    from leankd.train import TrainingError
+
+    from leankd.errors import TrainingError
 
     class NaNNet(torch.nn.Module):
         def __init__(self):

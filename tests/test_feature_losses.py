@@ -3,10 +3,15 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from leankd.distill.losses import (align_spatial, attention_relation, attention_transfer, hint_cosine, hint_mse,
-                                   relation_log_probs)
+from leankd.distill.losses import (
+    align_spatial,
+    attention_relation,
+    attention_transfer,
+    hint_cosine,
+    hint_mse,
+    relation_log_probs,
+)
 
 MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
 
@@ -74,12 +79,15 @@ def test_hint_cosine_matches_by_hand_maps_and_masked_tokens():
     assert hint_cosine(s, 3 * s).item() == pytest.approx(0.0, abs=1e-6)  # scale-free
 
 
-def _by_hand_at(f, p=2):
-    """Per sample: channel mean of f^p at each position, divided by the L2 norm over positions."""
+def _by_hand_at(f, p=2, pool=1):
+    """Per sample: channel mean of f^p at each position, then (pool > 1) the mean of each pool x pool block
+    of that map, then divided by the L2 norm over positions: the map is pooled, never the signed features."""
     out = []
     for b in range(f.shape[0]):
-        a = [sum(f[b, c, i, j].item() ** p for c in range(f.shape[1])) / f.shape[1]
-             for i in range(f.shape[2]) for j in range(f.shape[3])]
+        a = [[sum(f[b, c, i, j].item() ** p for c in range(f.shape[1])) / f.shape[1]
+              for j in range(f.shape[3])] for i in range(f.shape[2])]
+        a = [sum(a[i * pool + di][j * pool + dj] for di in range(pool) for dj in range(pool)) / pool ** 2
+             for i in range(f.shape[2] // pool) for j in range(f.shape[3] // pool)]
         norm = math.sqrt(sum(v * v for v in a))
         out.append([v / norm for v in a])
     return out
@@ -88,11 +96,19 @@ def _by_hand_at(f, p=2):
 def test_attention_transfer_matches_by_hand_including_spatial_mismatch():
     torch.manual_seed(0)
     s, t = _rand(2, 3, 4, 4), _rand(2, 6, 8, 8)  # channels differ, teacher map 8x8 vs 4x4
-    t_pooled = t.reshape(2, 6, 4, 2, 4, 2).mean((3, 5))  # 2x2 block average == adaptive pool 8 -> 4
-    a_s, a_t = _by_hand_at(s), _by_hand_at(t_pooled)
+    a_s, a_t = _by_hand_at(s), _by_hand_at(t, pool=2)  # the teacher's 8x8 map of t^2 averaged in 2x2 blocks
     expected = sum((x - y) ** 2 for rs, rt in zip(a_s, a_t) for x, y in zip(rs, rt)) / (2 * 16)
     assert math.isclose(attention_transfer(s, t).item(), expected, rel_tol=1e-5)
     assert attention_transfer(t, s).item() == pytest.approx(expected, rel=1e-5)  # either side may be larger
+    same = sum((x - y) ** 2 for rs, rt in zip(_by_hand_at(s), _by_hand_at(2 * s + 1)) for x, y in zip(rs, rt))
+    assert math.isclose(attention_transfer(s, 2 * s + 1).item(), same / (2 * 16), rel_tol=1e-5)
+
+
+def test_attention_transfer_refuses_token_states():
+    with pytest.raises(ValueError, match="convolutional feature maps.*hint_mse.*attention_relation"):
+        attention_transfer(_rand(2, 5, 8), _rand(2, 5, 8))
+    with pytest.raises(ValueError, match=r"\(2, 5, 8\)"):
+        attention_transfer(_rand(2, 3, 4, 4), _rand(2, 5, 8))
 
 
 def test_attention_relation_zero_for_self_positive_otherwise_and_checks_dims():

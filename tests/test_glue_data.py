@@ -4,14 +4,13 @@
 """
 import sys
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from leankd.data import glue
-from leankd.data.cifar10 import DataError
-from leankd.data.glue import TASKS, load_glue, majority_baseline
+from leankd.data.glue import TASKS, load_glue
+from leankd.errors import DataError
+from leankd.tasks.metrics import majority_baseline
 
 # Official GLUE split sizes (the same as the Hugging Face `glue` configs).
 ROW_COUNTS = [
@@ -136,17 +135,7 @@ def test_malformed_row_names_file_and_line(tmp_path):
         load_glue(tmp_path, "cola", "train")
 
 
-def test_download_fallback_only_when_allowed(tmp_path, monkeypatch):
-    def boom(task, split):
-        raise AssertionError("the download fallback must not be called")
-    monkeypatch.setattr(glue, "load_glue_hf", boom)
-    with pytest.raises(DataError, match="not found"):
+def test_missing_file_never_downloads(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # any attempt to import the hub client would fail loudly
+    with pytest.raises(DataError, match="SST-2/train.tsv' not found"):
         load_glue(tmp_path, "sst2", "train")
-
-
-def test_download_fallback_without_datasets(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
-    with pytest.raises(DataError, match="pip install datasets.*network"):
-        glue.load_glue_hf("sst2", "train")
-    with pytest.raises(DataError, match="pip install datasets"):
-        load_glue(Path(tmp_path), "mnli", "dev_matched", allow_download=True)

@@ -9,9 +9,9 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from leankd.data.cifar10 import DataError
-from leankd.data.glue import TASKS, GlueSplit, majority_baseline
-from leankd.glue_metrics import glue_metrics, headline_metric
+from leankd.data.glue import TASKS, GlueSplit
+from leankd.errors import DataError
+from leankd.tasks.metrics import glue_metrics, headline_metric, majority_baseline
 
 LABELS = np.array([1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0], dtype=np.int64)
 PREDS = np.array([1, 0, 0, 1, 1, 1, 0, 1, 1, 0, 1, 0], dtype=np.int64)

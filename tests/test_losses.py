@@ -1,10 +1,11 @@
-"""KD loss against the textbook formula computed by hand."""
+"""KD loss against the textbook formula computed by hand; the label loss against torch's own losses."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from leankd.distill.losses import cross_entropy, hinton_kd, kd_kl
+from leankd.distill.losses import cross_entropy, hinton_kd, kd_kl, label_loss
 
 
 def _by_hand_kl(s, t, T):
@@ -27,11 +28,16 @@ def test_kd_kl_matches_textbook_formula_with_T_squared():
         assert math.isclose(kd_kl(s, t, T).item(), expected, rel_tol=1e-5)
 
 
-def test_T_squared_scaling_is_applied():
-    s, t = torch.randn(3, 4), torch.randn(3, 4)
-    T = 3.0
-    raw = F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean")
-    assert torch.allclose(kd_kl(s, t, T), raw * T * T, rtol=1e-5)
+def test_label_loss_is_cross_entropy_or_mse():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    labels = torch.tensor([0, 2])
+    assert torch.equal(label_loss(logits, labels, regression=False), F.cross_entropy(logits, labels))
+    assert torch.equal(label_loss(logits, labels, regression=False, label_smoothing=0.1),
+                       F.cross_entropy(logits, labels, label_smoothing=0.1))
+    assert label_loss(logits, labels, False, 0.1) != label_loss(logits, labels, False)
+    pred, gold = torch.tensor([[1.0], [2.5], [-0.5]]), torch.tensor([1.5, 2.0, 0.5])
+    assert torch.equal(label_loss(pred, gold, regression=True), F.mse_loss(pred.squeeze(1), gold))
+    assert label_loss(pred, gold, regression=True).item() == pytest.approx((0.25 + 0.25 + 1.0) / 3)
 
 
 def test_hinton_combination_and_alpha_zero_is_ce():

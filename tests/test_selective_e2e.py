@@ -29,6 +29,11 @@ def test_feature_arms_record_their_layer_pairs_and_costs(selective_run):
     auto = rows["auto"]["extra"]
     assert auto["ranking"]["by"] == "ablation" and len(auto["teacher_layers"]) == 3
     assert auto["teacher_layers"] == sorted(auto["teacher_layers"])
+    # the ranking's seconds are charged to the one job that uses it (one auto arm x one seed), as a stated share
+    assert rows["auto"]["ranking_share_s"] == auto["ranking"]["seconds"] > 0
+    assert rows["auto"]["total_s"] == rows["auto"]["train_s"] + rows["auto"]["ranking_share_s"]
+    assert "/ 1 job(s) of this experiment" in rows["auto"]["sources"]["ranking_share_s"]
+    assert rows["skip"]["ranking_share_s"] == 0 and rows["skip"]["total_s"] == rows["skip"]["train_s"]
     # features only: the teacher stops after block 2 (layer1.2), so it costs far less than a full forward
     assert rows["feat"]["extra"]["teacher_flops"] < 0.5 * rows["skip"]["extra"]["teacher_flops"]
     assert rows["feat"]["train_flops"] < rows["skip"]["train_flops"]

@@ -7,9 +7,10 @@ from leankd.config import ArmConfig
 from leankd.distill.distiller import Distiller
 from leankd.distill.selection import build_pairs, init_layer_indices, layer_map, preset_layers
 from leankd.distill.taps import Taps, candidate_layers, resolve_layer
+from leankd.errors import ModelError
 from leankd.metering.flops import count_flops
 from leankd.models import create_model
-from leankd.models.text import ModelError, build_text_model, student_from_teacher
+from leankd.models.text import build_text_model, student_from_teacher
 
 
 def hook_count(*models) -> int:
@@ -80,8 +81,9 @@ def test_pairs_are_typed_records_with_inferred_adapters(cnns):
     s, t = cnns
     arm = ArmConfig(method="kd", pairs="last", feature_losses={"hint_mse": 1.0, "hint_cosine": 0.5})
     pairs = build_pairs(arm, s, t)
-    assert [(p.student, p.teacher, p.loss) for p in pairs[:3]] == [
-        ("layer1.0", "layer3.0", "hint_mse"), ("layer2.0", "layer3.1", "hint_mse"), ("layer3.0", "layer3.2", "hint_mse")]
+    assert [(p.student, p.teacher, p.loss) for p in pairs[:3]] == [("layer1.0", "layer3.0", "hint_mse"),
+                                                                   ("layer2.0", "layer3.1", "hint_mse"),
+                                                                   ("layer3.0", "layer3.2", "hint_mse")]
     assert [p.teacher_index for p in pairs] == [6, 7, 8] * 2 and pairs[0].weight == pytest.approx(1 / 3)
     x = torch.randn(4, 3, 32, 32)
     d = Distiller(s, t, arm, pairs=pairs, example=x[:2])
@@ -123,6 +125,68 @@ def test_truncated_teacher_forward_costs_less_and_gives_identical_features(cnns)
     full.close()
     cut.close()
     assert hook_count(s, t) == 0
+
+
+def test_truncation_follows_execution_order_not_registration_order(cnns):
+    """downsample is registered after conv2 but runs before it: the cut must come after conv2's call."""
+    s, t = cnns
+    x = torch.randn(2, 3, 32, 32)
+    names = ["layer2.0.downsample", "layer2.0.conv2"]
+    arm = ArmConfig(method="features", pairs=[{"student": n, "teacher": n} for n in names])
+    cut = Distiller(s, t, arm, pairs=build_pairs(arm, s, t), example=x)
+    logits_cut, feats_cut = cut.teacher_outputs(x)
+    with torch.no_grad(), Taps(t, names) as taps:  # the full, untruncated forward
+        logits_full = t(x)
+        feats_full = taps.pop()
+    assert logits_cut is None and logits_full is not None
+    for n in names:
+        assert torch.equal(feats_cut[n]["out"], feats_full[n]["out"])
+    with torch.no_grad():
+        flops_cut = count_flops(lambda: cut.teacher_outputs(x), t)
+        flops_full = count_flops(lambda: t(x), t)
+    assert flops_cut < 0.6 * flops_full  # layer2.0's tail, layer2.1 onwards and the head are never run
+    out = cut(x, torch.randint(0, 10, (2,)))
+    out["loss"].backward()
+    assert set(out) == {"loss", "hint_mse", "logits"} and torch.isfinite(out["loss"])
+    cut.close()
+    assert hook_count(s, t) == 0
+
+
+def test_truncation_counts_calls_of_a_module_run_twice():
+    """A module called twice per forward: the cut comes after its second call, which the store keeps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    shared, calls = model[0], []
+    head = model[1].register_forward_hook(lambda m, a, o: calls.append("head"))
+
+    def forward(x):
+        return model[1](shared(shared(x)))
+
+    x = torch.randn(3, 4)
+    with Taps(model, ["0"], truncate=True) as taps:
+        with pytest.raises(RuntimeError, match="calibrate"):
+            taps.run(forward, x)
+        taps.calibrate(forward, x)
+        full = taps.pop()["0"]["out"]
+        calls.clear()
+        assert taps.run(forward, x) is None and calls == []  # stopped before the head
+        assert torch.equal(taps.pop()["0"]["out"], full)  # the second call's output
+    head.remove()
+    assert hook_count(model) == 0
+
+
+def test_summary_and_replace_options():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    with torch.no_grad(), Taps(model, ["0"], summary=lambda m, inp, h: (inp.sum(), h.mean(0))) as taps:
+        model(x)
+        got = taps.pop()["0"]
+    assert set(got) == {"summary"}
+    assert torch.equal(got["summary"][0], x.sum()) and torch.equal(got["summary"][1], model[0](x).mean(0))
+    with torch.no_grad(), Taps(model, ["1"], replace=lambda m, inp, h: torch.zeros_like(h)):
+        assert torch.equal(model(x), model[2](torch.zeros(3, 4)))  # the ReLU's output replaced
+    assert hook_count(model) == 0
 
 
 def test_attention_relation_pairs_on_transformers():

@@ -51,7 +51,8 @@ def test_bert_flops_with_sdpa_equal_eager_and_include_attention():
 def test_bucketing_cuts_padding_and_is_a_pure_function():
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 60, 2000)
-    enc = {"input_ids": [np.ones(n, np.int32) for n in lengths], "token_type_ids": [np.zeros(n, np.int8) for n in lengths]}
+    enc = {"input_ids": [np.ones(n, np.int32) for n in lengths],
+           "token_type_ids": [np.zeros(n, np.int8) for n in lengths]}
     plain = TextLoader(enc, np.zeros(2000), 32, seed=0, shuffle=True, bucket=False)
     bucketed = TextLoader(enc, np.zeros(2000), 32, seed=0, shuffle=True, bucket=True)
     tokens = lambda loader: sum(len(i) * loader.lengths[i].max() for i in loader.batches(0))
@@ -96,13 +97,15 @@ def test_text_end_to_end_regression_and_pairs(tmp_path, data_dir, task):
     from leankd.config import load_config
     from leankd.experiment import run_experiment
 
+    arms = ["arms={plain: {method: plain}, kd: {method: kd, alpha: 0.5}}"] if task == "stsb" else []
     cfg = load_config("tests/configs/tiny-sst2.yaml", [f"data.task={task}", f"name=tiny-{task}",
-                                                       "metering.isolate_arms=false"])
+                                                       "metering.isolate_arms=false", *arms])
     run_experiment(cfg, data_dir, tmp_path)  # in-process: faster; peak memory then reads "unavailable"
     rows = ResultsStore(tmp_path / "results.db").rows(f"tiny-{task}")
     _check_text_rows(rows, task, isolated=False)
     if task == "stsb":
         assert rows[1]["params"] == rows[2]["params"] and "agreement" not in rows[2]["metrics"]
+        assert rows[2]["extra"]["arm_config"]["temperature"] is None  # kd is an MSE there: no temperature used
 
 
 def test_mnli_reports_matched_and_mismatched(tmp_path):
@@ -118,9 +121,9 @@ def test_mnli_reports_matched_and_mismatched(tmp_path):
         lines = ["index\tsentence1\tsentence2\tgold_label"]
         lines += [f"{i}\t{words[i % 6]}\t{words[(i * 5) % 6]}\t{labels[i % 3]}" for i in range(24)]
         (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    cfg = load_config("tests/configs/tiny-sst2.yaml", ["data.task=mnli", "name=tiny-mnli", "arms={plain: {method: plain}}",
-                                                       "metering.isolate_arms=false", "student.model=bert-tiny",
-                                                       "student.layers=null", "teacher.model=bert-tiny"])
+    cfg = load_config("tests/configs/tiny-sst2.yaml", [
+        "data.task=mnli", "name=tiny-mnli", "arms={plain: {method: plain}}", "metering.isolate_arms=false",
+        "student.model=bert-tiny", "student.layers=null", "teacher.model=bert-tiny"])
     rows = run_experiment(cfg, tmp_path / "data", tmp_path / "runs")
     for row in rows:
         assert {"accuracy", "accuracy_dev_mismatched", "macro_f1_dev_mismatched"} <= set(row["metrics"])

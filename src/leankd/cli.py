@@ -1,4 +1,4 @@
-"""leankd command line.
+"""The leankd command line: argument parsing, and mapping user errors to one line and an exit code.
 
     leankd run configs/demo/cifar10-resnet20-resnet8.yaml [key=value ...] [--out runs] [--data-dir DIR]
     leankd report [--out runs] [--experiment NAME] [--json]
@@ -6,8 +6,8 @@
     leankd layers resnet20 | minilm-l6 | CONFIG            (candidate layers: index, module name, output shape)
     leankd layers CONFIG --rank [--out runs]               (teacher layers ranked by measured importance)
 
-User mistakes (config, data, checkpoint, NaN loss) print one line naming the problem and the fix, and
-exit with status 2; nothing already written is lost.
+User mistakes (config, data, checkpoint, NaN loss: `leankd.errors.UserError`) print one line naming the problem
+and the fix, and exit with status 2; nothing already written is lost. Nothing imports this module.
 """
 from __future__ import annotations
 
@@ -17,21 +17,10 @@ import logging
 import sys
 from pathlib import Path
 
+from leankd.errors import EXIT_FAILED, EXIT_USER, CheckpointError, ConfigError, JobFailed, UserError
+from leankd.log import setup_logging
+
 log = logging.getLogger("leankd")
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
-def user_error_types() -> tuple[type[Exception], ...]:
-    from leankd.config import ConfigError
-    from leankd.data.cifar10 import DataError
-    from leankd.teacher import CheckpointError
-    from leankd.models.text import ModelError
-    from leankd.train import TrainingError
-
-    return ConfigError, DataError, CheckpointError, ModelError, TrainingError
 
 
 def cmd_run(args) -> int:
@@ -54,13 +43,13 @@ def cmd_report(args) -> int:
     db = Path(args.out) / "results.db"
     if not db.is_file():
         print(f"error: no results store at '{db}'; run `leankd run CONFIG --out {args.out}` first", file=sys.stderr)
-        return 2
+        return EXIT_USER
     store = ResultsStore(db)
     names = [args.experiment] if args.experiment else store.experiments()
     if args.experiment and args.experiment not in store.experiments():
         print(f"error: no experiment '{args.experiment}' in {db}; known: {', '.join(store.experiments())}",
               file=sys.stderr)
-        return 2
+        return EXIT_USER
     if args.json:
         print(json.dumps({n: json.loads(to_json(summarise(store.rows(n)))) for n in names}, indent=2))
     else:
@@ -72,10 +61,9 @@ def cmd_eval(args) -> int:
     import torch
 
     from leankd.config import build_config
-    from leankd.data.cifar10 import resolve_data_dir
+    from leankd.data.files import resolve_data_dir
     from leankd.precision import Precision
     from leankd.tasks import build_task
-    from leankd.teacher import CheckpointError
     from leankd.train import predict
 
     ckpt = Path(args.checkpoint)
@@ -155,16 +143,15 @@ def cmd_layers(args) -> int:
 def _rank(args) -> int:
     import time
 
-    import torch
-
-    from leankd.config import ConfigError, load_config
+    from leankd.config import load_config
+    from leankd.device import resolve_device
     from leankd.distill.importance import format_ranking
     from leankd.distill.ranking import load_or_rank, ranking_path
     from leankd.distill.taps import candidate_layers
     from leankd.experiment import obtain_teacher
-    from leankd.precision import Precision, resolve_device
+    from leankd.experiment.teachers import model_path, teacher_dir
+    from leankd.precision import Precision
     from leankd.tasks import build_task
-    from leankd.teacher import teacher_dir
 
     if not args.target.endswith((".yaml", ".yml")):
         raise ConfigError("config error: --rank scores a trained teacher on its data: give an experiment "
@@ -175,10 +162,11 @@ def _rank(args) -> int:
     tdir = teacher_dir(Path(args.out), key)
     device = resolve_device(cfg.device)
     task = build_task(cfg, data_dir, Path(args.out) / "cache")
-    teacher = task.load(tdir / "model")[0].to(device)
+    teacher = task.load(model_path(Path(args.out), key))[0].to(device)
     if args.recompute:
         ranking_path(tdir, cfg.ranking).unlink(missing_ok=True)
-    result = load_or_rank(task, teacher, tdir, cfg.ranking, Precision.create(cfg.precision, device), device)
+    result = load_or_rank(task, teacher, tdir, cfg.ranking, Precision.create(cfg.precision, device), device,
+                          experiment=cfg.name)
     print(f"teacher {cfg.teacher.model} ({tdir}): {len(result['ranked'])} layers ranked by {result['by']} "
           f"on {result['samples']} training samples")
     print(format_ranking(result["ranked"], result["by"]))
@@ -236,16 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    from leankd.experiment import JobFailed
-
     try:
         return args.func(args)
-    except user_error_types() as err:
+    except UserError as err:
         print(str(err), file=sys.stderr)
-        return 2
+        return EXIT_USER
     except JobFailed as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ names the key and, for a typo, the closest valid key. Configs are data: `yaml.sa
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -16,9 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A one-line, user-facing configuration error."""
+from leankd.errors import ConfigError, UserError, did_you_mean
 
 
 class _Strict(BaseModel):
@@ -55,9 +52,7 @@ def _known_model(name: str) -> str:
     from leankd.models import list_models  # local: models import torch
 
     if name not in list_models():
-        close = difflib.get_close_matches(name, list_models(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(list_models())}"
-        raise ValueError(f"unknown model '{name}'{hint}")
+        raise ValueError(f"unknown model '{name}'{did_you_mean(name, list_models(), known=20)}")
     return name
 
 
@@ -70,7 +65,6 @@ class TeacherConfig(_Strict):
 
 
 LayerRef = int | str  # a 0-based index into the model's candidate layers (`leankd layers`), or a module name
-PRESETS = ("last", "skip", "uniform", "auto", "random")
 FEATURE_LOSSES = ("hint_mse", "hint_cosine", "attention_transfer", "attention_relation")
 
 
@@ -91,7 +85,8 @@ class ArmConfig(_Strict):
         "features: labels + feature pairs only (the teacher forward stops after its deepest tapped layer)")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the logit-KD term vs the label loss")
-    layers: list[LayerRef] | None = Field(None, description="text: this arm's teacher layers (overrides student.layers)")
+    layers: list[LayerRef] | None = Field(None, description="text: this arm's teacher layers (overrides "
+                                          "student.layers)")
     pairs: Literal["last", "skip", "uniform", "auto", "random"] | list[LayerRef | PairSpec] | None = Field(
         None, description="feature distillation: a preset, or teacher layers for student layers 0, 1, ..., or "
         "{student, teacher} records")
@@ -107,9 +102,7 @@ class ArmConfig(_Strict):
     def _pairs(self) -> "ArmConfig":
         bad = [k for k in self.feature_losses if k not in FEATURE_LOSSES]
         if bad:
-            close = difflib.get_close_matches(bad[0], FEATURE_LOSSES, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(FEATURE_LOSSES)}"
-            raise ValueError(f"unknown feature loss '{bad[0]}'{hint}")
+            raise ValueError(f"unknown feature loss '{bad[0]}'{did_you_mean(bad[0], FEATURE_LOSSES, known=9)}")
         if any(w < 0 for w in self.feature_losses.values()):
             raise ValueError("feature loss weights must be >= 0")
         if self.method == "features" and not self.pairs:
@@ -157,9 +150,13 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _combos(self) -> "ExperimentConfig":
-        from leankd.precision import check_precision  # local: precision imports torch
+        from leankd.device import resolve_device  # local: both import torch
+        from leankd.precision import resolve
 
-        check_precision(self.precision, self.device)
+        try:
+            resolve(self.precision, resolve_device(self.device))  # the one precision check
+        except ConfigError as err:
+            raise ValueError(str(err).removeprefix("config error: ")) from None
         if self.data.dataset == "cifar10":
             for where, name in (("teacher.model", self.teacher.model), ("student.model", self.student.model)):
                 try:
@@ -174,10 +171,23 @@ class ExperimentConfig(_Strict):
 
             if self.data.task is None:
                 raise ValueError("data.task is required for data.dataset=glue (e.g. data.task=sst2)")
-            get_task(self.data.task)  # unknown task: one-line error with a did-you-mean hint
+            try:
+                task = get_task(self.data.task)  # unknown task: one-line error with a did-you-mean hint
+            except UserError as err:
+                raise ValueError(str(err).removeprefix("data error: ")) from None
+            self._check_text_arms(task.is_regression)
         if not self.arms:
             raise ValueError("list at least one arm")
         return self
+
+    def _check_text_arms(self, regression: bool) -> None:
+        for name, arm in self.arms.items():
+            if "attention_transfer" in arm.feature_losses:
+                raise ValueError(f"arms.{name}: attention_transfer compares convolutional feature maps; for "
+                                 "transformer layers use hint_mse, hint_cosine or attention_relation")
+            if regression and arm.temperature != ArmConfig.model_fields["temperature"].default:
+                raise ValueError(f"arms.{name}.temperature does not apply to a regression task ({self.data.task}: "
+                                 "kd is an MSE to the teacher's prediction); remove it")
 
     def hash(self) -> str:
         return config_hash(self.model_dump(mode="json"))
@@ -198,11 +208,6 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             keys += _valid_keys(ann, prefix + name + ".")
     return keys
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -237,7 +242,7 @@ def _format_error(err: ValidationError) -> str:
         probe = loc
         if loc.startswith("arms.") and loc.count(".") >= 2:
             probe = "arms.<name>." + loc.split(".", 2)[2]
-        return f"config error: unknown key '{loc}'{_suggest(probe, valid)}"
+        return f"config error: unknown key '{loc}'{did_you_mean(probe, valid, cutoff=0.5)}"
     if e["type"] in ("value_error", "assertion_error"):
         msg = str(e.get("ctx", {}).get("error", e["msg"]))
         return f"config error: {loc + ': ' if loc else ''}{msg}"

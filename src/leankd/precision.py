@@ -1,26 +1,26 @@
-"""Precision as one small object: `autocast()`, `backward(loss)`, `step(optimizer)`, `state_dict()`.
+"""Precision as one small object: `autocast()`, `backward(loss)`, `step(optimizer)`; resolved once per job.
 
-    prec = Precision.create("auto", torch.device("cpu"))
+    prec = Precision.create("auto", torch.device("cpu"))   # -> fp32 or bf16, with prec.reason saying why
     with prec.autocast():
         loss = model(x).float().mean()
     prec.backward(loss); prec.step(opt)
 
-fp32 is a no-op, bf16 is autocast without a scaler, fp16 is autocast + GradScaler (CUDA only: on CPU
-fp16 autocast runs convolutions ~400x slower, so it is refused when the config is read).
-`auto` picks bf16 where the hardware runs it natively (CUDA with bf16, or a CPU with AMX/AVX512-BF16),
-else fp16 on older CUDA, else fp32, and says why.
+fp32 is a no-op, bf16 is autocast without a scaler, fp16 is autocast + GradScaler (CUDA only: on CPU fp16
+autocast runs convolutions ~400x slower, so it is refused). `auto` picks bf16 where the hardware runs it
+natively (CUDA with bf16, or a CPU with AMX/AVX512-BF16), else fp16 on older CUDA, else fp32, and says why.
+`resolve` is the one place a precision is checked; the config calls it when it is read.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from leankd.errors import ConfigError
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -34,24 +34,13 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def check_precision(precision: str, device: str) -> None:
-    """Refuse unsupported combinations at config time (raises ValueError with the fix)."""
-    dev = resolve_device(device)
-    if precision == "fp16" and dev.type == "cpu":
-        raise ValueError("precision=fp16 is refused on CPU (fp16 autocast runs convolutions ~400x slower "
-                         "there); use precision=bf16 or precision=fp32")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device} but CUDA is not available; use device=cpu or device=auto")
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """Map `auto` to a concrete precision; returns (precision, reason)."""
+def resolve(precision: str, device: torch.device) -> tuple[str, str]:
+    """(concrete precision, reason) for a requested one on `device`; refuses fp16 on CPU."""
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("config error: precision=fp16 is refused on CPU (fp16 autocast runs convolutions "
+                          "~400x slower there); use precision=bf16 or precision=fp32")
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"config error: precision '{precision}' is not one of auto, fp32, bf16, fp16")
     if precision != "auto":
         if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
             return precision, "requested (this CPU has no native bf16: expect it to be slower than fp32)"
@@ -74,8 +63,7 @@ class Precision:
 
     @classmethod
     def create(cls, precision: str, device: torch.device) -> "Precision":
-        check_precision(precision, str(device))
-        name, reason = resolve_precision(precision, device)
+        name, reason = resolve(precision, device)
         scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
         return cls(name, device, reason, scaler)
 
@@ -93,10 +81,3 @@ class Precision:
             self.scaler.update()
         else:
             optimizer.step()
-
-    def state_dict(self) -> dict:
-        return {"name": self.name, "scaler": self.scaler.state_dict() if self.scaler else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.scaler and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])

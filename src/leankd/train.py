@@ -1,10 +1,12 @@
-"""fit() and evaluate(): the one hot loop, used for the teacher and for every student arm.
+"""fit() and predict(): the one hot loop, used for the teacher and for every student arm; optimiser and LR schedule.
 
     stats = fit(distiller, loader, optimizer, scheduler, precision, epochs=3, device=dev, tag="kd/s0")
-    logits, labels = evaluate(model, test_loader, precision, device=dev)
+    logits, labels = predict(model, test_loader, precision, device=dev)
 
 `stats["train_s"]` covers the whole step loop (batch assembly and augmentation, teacher forwards, student
 forward/backward/step) with the device synchronised before the clock is read; evaluation is outside it.
+The loop never waits for the device per step: on CUDA the NaN check reads a device flag every
+`CHECK_EVERY` steps (when the progress bar reads the loss anyway), on CPU every step (free there).
 """
 from __future__ import annotations
 
@@ -18,12 +20,11 @@ import torch
 from tqdm import tqdm
 
 from leankd.batching import logits_of, to_device
+from leankd.device import sync
+from leankd.errors import TrainingError
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """A one-line, user-facing training failure (e.g. a NaN loss)."""
+CHECK_EVERY = 20  # CUDA: steps between reads of the loss (each read is a CPU-GPU sync point)
 
 
 def build_optimizer(params_model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -52,29 +53,34 @@ def build_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_schedule
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _check_finite(bad_step: torch.Tensor, tag: str, epoch: int) -> None:
+    """Raise for the first step whose loss was not finite (reading `bad_step` syncs on CUDA)."""
+    step = int(bad_step.item())
+    if step >= 0:
+        raise TrainingError(f"{tag}: loss became nan or inf at epoch {epoch + 1} step {step + 1}; "
+                            "lower the learning rate (train.lr=...) or use precision=fp32")
 
 
 def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device: torch.device,
-        tag: str = "", start_epoch: int = 0) -> dict:
+        tag: str = "") -> dict:
     distiller.train()
     history = []
-    _sync(device)
+    every = CHECK_EVERY if device.type == "cuda" else 1
+    sync(device)
     t0 = time.perf_counter()
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(epochs):
         bar = tqdm(total=loader.num_samples, desc=f"{tag} epoch {epoch + 1}/{epochs}", unit="sample",
                    unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0)
         loss_sum, n_steps = torch.zeros((), device=device), 0
+        bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, on device
         for step, (x, y) in enumerate(loader.epoch(epoch)):
             x, y = to_device(x, device), y.to(device, non_blocking=True)
             with precision.autocast():
                 out = distiller(x, y)
             loss = out["loss"]
-            if not torch.isfinite(loss):  # .item()-free check would still sync; the loop cannot go on anyway
-                raise TrainingError(f"{tag}: loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                    "lower the learning rate (train.lr=...) or use precision=fp32")
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step, bad_step)
+            if step % every == 0:
+                _check_finite(bad_step, tag, epoch)  # before a NaN reaches the weights on CPU
             precision.backward(loss)
             precision.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
@@ -82,15 +88,16 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
             loss_sum += loss.detach()
             n_steps += 1
             bar.update(len(y))
-            if step % 20 == 0:
+            if step % CHECK_EVERY == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
             del out, loss
         bar.close()
+        _check_finite(bad_step, tag, epoch)
         mean_loss = (loss_sum / max(1, n_steps)).item()
         history.append(mean_loss)
         log.info("%s epoch %d/%d: mean loss %.4f, %.0f s elapsed", tag, epoch + 1, epochs, mean_loss,
                  time.perf_counter() - t0)
-    _sync(device)
+    sync(device)
     return {"train_s": time.perf_counter() - t0, "epoch_loss": history}
 
 

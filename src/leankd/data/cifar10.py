@@ -10,8 +10,6 @@ full train split rather than 600 MB as float32) and are normalised per batch.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import zipfile
 from pathlib import Path
 
@@ -20,27 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from leankd.data import randomness as rnd
+from leankd.errors import DataError
 
 # Per-channel statistics measured on this lossy copy's train split (pixels / 255).
 MEAN = (0.4913, 0.4821, 0.4465)
 STD = (0.2452, 0.2428, 0.2606)
 LAYOUT = "<data_dir>/cifar10/cifar10_{train,test}.npz with uint8 'images' (N,32,32,3) and int64 'labels' (N,)"
-
-
-class DataError(ValueError):
-    """A one-line, user-facing data error naming the file and the expected layout."""
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    raw = data_dir or os.environ.get("LEANKD_DATA_DIR")
-    if not raw:
-        raise DataError("data error: no data directory given; pass --data-dir DIR or set LEANKD_DATA_DIR "
-                        f"(expected layout: {LAYOUT})")
-    path = Path(raw).expanduser()
-    if not path.is_dir():
-        raise DataError(f"data error: data directory '{path}' does not exist; pass --data-dir DIR or set "
-                        "LEANKD_DATA_DIR to the folder holding cifar10/ and glue/")
-    return path
 
 
 def cifar10_file(data_dir: Path, split: str) -> Path:
@@ -80,15 +63,6 @@ def check_cifar10(data_dir: Path) -> None:
             raise DataError(f"data error: '{path}' is not a readable .npz ({err}); expected {LAYOUT}") from None
         if not {"images", "labels"} <= names:
             raise DataError(f"data error: '{path}' holds {sorted(names)}; expected {LAYOUT}")
-
-
-def file_identity(path: Path) -> str:
-    """sha256 of a data file (16 hex); part of the stored teacher's hash."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def cifar10_splits(data_dir: Path, data_cfg) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:

@@ -6,22 +6,20 @@ MNLI uses `dev_matched` / `dev_mismatched` (and `test_matched` / `test_mismatche
 
     train = load_glue(data_dir, "rte", "train")
     dev = load_glue(data_dir, "rte", "dev")
-    print(len(train), train.label_names, majority_baseline(train, dev))   # {'accuracy': 0.527, ...}
+    print(len(train), train.label_names)
 
 Every file is read with `csv` (`delimiter="\\t"`, `quoting=csv.QUOTE_NONE`, since GLUE text holds bare `"`) and
 `encoding="utf-8-sig"` (the MRPC files start with a BOM). A full SST-2 train parse takes about 0.1 s.
-`load_glue(..., allow_download=True)` falls back to Hugging Face `datasets` (network) when a file is missing.
 """
 from __future__ import annotations
 
 import csv
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from leankd.data.cifar10 import DataError
+from leankd.errors import DataError, did_you_mean
 
 NLI3 = ("contradiction", "entailment", "neutral")  # label order of the GLUE MNLI processor
 BINARY_NLI = ("entailment", "not_entailment")
@@ -40,7 +38,6 @@ class GlueTask:
     test_splits: tuple[str, ...]
     metrics: tuple[str, ...]           # the official metrics (glue_metrics adds accuracy/macro_f1 extras)
     headline: str                      # the metric a GLUE leaderboard reports first
-    hf_columns: tuple[str, str | None]  # text columns in the Hugging Face `glue` config
     headerless: tuple[str, ...] | None = None  # column names of header-less labelled files (CoLA)
 
     @property
@@ -58,32 +55,25 @@ class GlueTask:
         return f"<data_dir>/glue/{self.folder}/{{{','.join(self.splits)}}}.tsv"
 
 
-def _task(name, folder, a, b, label, names, metrics, headline, hf, dev=("dev",), test=("test",), **kw):
+def _task(name, folder, a, b, label, names, metrics, headline, dev=("dev",), test=("test",), **kw):
     return GlueTask(name, folder, a, b, label, names, names is None and label is not None, dev, test,
-                    metrics, headline, hf, **kw)
+                    metrics, headline, **kw)
 
 
 TASKS: dict[str, GlueTask] = {t.name: t for t in [
-    _task("cola", "CoLA", "sentence", None, "label", ("0", "1"), ("matthews",), "matthews", ("sentence", None),
+    _task("cola", "CoLA", "sentence", None, "label", ("0", "1"), ("matthews",), "matthews",
           headerless=("source", "label", "original_label", "sentence")),
-    _task("sst2", "SST-2", "sentence", None, "label", ("0", "1"), ("accuracy",), "accuracy", ("sentence", None)),
-    _task("mrpc", "MRPC", "#1 String", "#2 String", "Quality", ("0", "1"), ("f1", "accuracy"), "f1",
-          ("sentence1", "sentence2")),
-    _task("qqp", "QQP", "question1", "question2", "is_duplicate", ("0", "1"), ("f1", "accuracy"), "f1",
-          ("question1", "question2")),
-    _task("stsb", "STS-B", "sentence1", "sentence2", "score", None, ("pearson", "spearman"), "pearson",
-          ("sentence1", "sentence2")),
+    _task("sst2", "SST-2", "sentence", None, "label", ("0", "1"), ("accuracy",), "accuracy"),
+    _task("mrpc", "MRPC", "#1 String", "#2 String", "Quality", ("0", "1"), ("f1", "accuracy"), "f1"),
+    _task("qqp", "QQP", "question1", "question2", "is_duplicate", ("0", "1"), ("f1", "accuracy"), "f1"),
+    _task("stsb", "STS-B", "sentence1", "sentence2", "score", None, ("pearson", "spearman"), "pearson"),
     _task("mnli", "MNLI", "sentence1", "sentence2", "gold_label", NLI3, ("accuracy",), "accuracy",
-          ("premise", "hypothesis"), dev=("dev_matched", "dev_mismatched"), test=("test_matched", "test_mismatched")),
-    _task("qnli", "QNLI", "question", "sentence", "label", BINARY_NLI, ("accuracy",), "accuracy",
-          ("question", "sentence")),
-    _task("rte", "RTE", "sentence1", "sentence2", "label", BINARY_NLI, ("accuracy",), "accuracy",
-          ("sentence1", "sentence2")),
-    _task("wnli", "WNLI", "sentence1", "sentence2", "label", ("0", "1"), ("accuracy",), "accuracy",
-          ("sentence1", "sentence2")),
+          dev=("dev_matched", "dev_mismatched"), test=("test_matched", "test_mismatched")),
+    _task("qnli", "QNLI", "question", "sentence", "label", BINARY_NLI, ("accuracy",), "accuracy"),
+    _task("rte", "RTE", "sentence1", "sentence2", "label", BINARY_NLI, ("accuracy",), "accuracy"),
+    _task("wnli", "WNLI", "sentence1", "sentence2", "label", ("0", "1"), ("accuracy",), "accuracy"),
     # AX is predicted with an MNLI model; GLUE scores it server-side with R3 (3-class Matthews correlation).
-    _task("ax", "diagnostic", "sentence1", "sentence2", None, NLI3, ("matthews",), "matthews",
-          ("premise", "hypothesis"), dev=()),
+    _task("ax", "diagnostic", "sentence1", "sentence2", None, NLI3, ("matthews",), "matthews", dev=()),
 ]}
 
 
@@ -104,9 +94,7 @@ def get_task(name: str) -> GlueTask:
     """The TASKS entry for `name` (case and '-' ignored: 'SST-2' -> sst2); DataError with a hint otherwise."""
     key = name.lower().replace("-", "")
     if key not in TASKS:
-        close = difflib.get_close_matches(key, TASKS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise DataError(f"data error: unknown GLUE task '{name}'{hint} (known: {', '.join(TASKS)})")
+        raise DataError(f"data error: unknown GLUE task '{name}'{did_you_mean(key, TASKS)}; known: {', '.join(TASKS)}")
     return TASKS[key]
 
 
@@ -120,8 +108,7 @@ def _missing_message(task: GlueTask, data_dir: Path, split: str) -> str:
         why = f"{task.folder} files are absent from the data directory (missing: {', '.join(missing)})"
     else:
         why = f"missing in {task.folder}/: {', '.join(missing)}"
-    return (f"data error: GLUE file '{path}' not found: {why}; expected {task.layout}; "
-            "load_glue(..., allow_download=True) fetches it with Hugging Face datasets (needs network)")
+    return f"data error: GLUE file '{path}' not found: {why}; expected {task.layout}"
 
 
 def _read_rows(path: Path, task: GlueTask, labelled: bool) -> tuple[list[str], list[list[str]]]:
@@ -156,17 +143,15 @@ def _parse_labels(path: Path, task: GlueTask, raw: list[str], first_line: int) -
     return out
 
 
-def load_glue(data_dir: Path, task: str, split: str, allow_download: bool = False) -> GlueSplit:
-    """One GLUE split from the TSV files. Raises DataError on an unknown task/split, a missing file (unless
-    `allow_download`, which then calls `load_glue_hf`) or a malformed row (naming file and line)."""
+def load_glue(data_dir: Path, task: str, split: str) -> GlueSplit:
+    """One GLUE split from the TSV files. Raises DataError on an unknown task/split, a missing file or a
+    malformed row (naming file and line)."""
     spec = get_task(task)
     if split not in spec.splits:
         raise DataError(f"data error: GLUE task '{spec.name}' has no split '{split}' "
                         f"(splits: {', '.join(spec.splits)})")
     path = spec.path(data_dir, split)
     if not path.is_file():
-        if allow_download:
-            return load_glue_hf(spec.name, split)
         raise DataError(_missing_message(spec, Path(data_dir), split))
     labelled = split not in spec.test_splits and spec.label_column is not None
     header, rows = _read_rows(path, spec, labelled)
@@ -181,50 +166,3 @@ def load_glue(data_dir: Path, task: str, split: str, allow_download: bool = Fals
     labels = (_parse_labels(path, spec, [r[col[spec.label_column]] for r in rows], first_line)
               if labelled else None)
     return GlueSplit(spec.name, split, texts_a, texts_b, labels, spec.label_names)
-
-
-def load_glue_hf(task: str, split: str) -> GlueSplit:
-    """The same split from Hugging Face `datasets.load_dataset("glue", task)`; needs `datasets` and network.
-    Labels are remapped by name to this module's order (HF MNLI/AX use entailment, neutral, contradiction)."""
-    spec = get_task(task)
-    try:
-        import datasets  # lazy: an optional, heavy dependency used only for this fallback
-    except ImportError:
-        raise DataError(f"data error: GLUE '{spec.name}' {split} is not on disk and the download fallback needs "
-                        "Hugging Face datasets: pip install datasets (and network access), or place the TSV "
-                        f"files at {spec.layout}") from None
-    try:
-        ds = datasets.load_dataset("glue", spec.name, split=split.replace("dev", "validation"))
-    except Exception as err:  # network, hub or cache errors: keep the one-line DataError contract
-        raise DataError(f"data error: downloading GLUE '{spec.name}' {split} failed ({type(err).__name__}: "
-                        f"{err}); place the TSV files at {spec.layout} instead") from None
-    a, b = spec.hf_columns
-    texts_a, texts_b = list(ds[a]), (list(ds[b]) if b else None)
-    labels = None  # HF marks withheld test labels with -1; AX is unlabelled everywhere
-    if split not in spec.test_splits and spec.label_column is not None:
-        raw = np.asarray(ds["label"])
-        if spec.is_regression:
-            labels = raw.astype(np.float32)
-        else:  # HF names ('negative', 'positive') keep the TSV ids except for MNLI, remapped by name
-            names = [str(n) for n in ds.features["label"].names]
-            remap = [spec.label_names.index(n) for n in names] if set(names) <= set(spec.label_names) \
-                else list(range(len(names)))
-            labels = np.asarray(remap, dtype=np.int64)[raw]
-    return GlueSplit(spec.name, split, texts_a, texts_b, labels, spec.label_names)
-
-
-def majority_baseline(train: GlueSplit, dev: GlueSplit) -> dict[str, float]:
-    """glue_metrics of a constant prediction: the most frequent train label (ties: the lowest class id).
-    For STS-B the constant is the train mean; a constant has no correlation, so pearson and spearman are
-    nan (undefined), not 0.0."""
-    from leankd.glue_metrics import glue_metrics  # local: glue_metrics imports TASKS from this module
-
-    if train.labels is None or dev.labels is None:
-        raise DataError(f"data error: majority baseline needs labelled splits; got {train.task} "
-                        f"{train.split} / {dev.split} with labels withheld")
-    if get_task(train.task).is_regression:
-        predictions = np.full(len(dev), train.labels.mean(), dtype=np.float32)
-    else:
-        majority = np.bincount(train.labels).argmax()
-        predictions = np.full(len(dev), majority, dtype=np.int64)
-    return glue_metrics(dev.task, predictions, dev.labels)

@@ -9,25 +9,21 @@ Loss = label loss (CE, or MSE for regression) [mixed with logit KD by `alpha` wh
 
 The teacher is frozen here and only here: eval mode, requires_grad off, forward under no_grad, its
 outputs dropped as soon as the loss is computed. A features-only arm never needs the teacher's logits, so
-its teacher forward stops after the deepest tapped layer. Seconds spent in teacher forwards are accumulated
-in `teacher_s` (a breakdown of the training time, not added to it).
+its teacher forward stops right after the last tapped layer call in execution order (counted once, on the
+dry forward that sizes the adapters). Seconds spent in teacher forwards are read from `teacher_s` (a
+breakdown of the training time, not added to it; timed with CUDA events, so no per-step sync) and zeroed
+with `reset_teacher_time()`.
 """
 from __future__ import annotations
-
-import time
 
 import torch
 from torch import nn
 
 from leankd.batching import input_device, logits_of
+from leankd.device import Timer
 from leankd.distill import losses
 from leankd.distill.adapters import make_adapter
 from leankd.distill.taps import Taps
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # a CPU-GPU sync point: only taken to time the teacher honestly
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -46,34 +42,33 @@ class Distiller(nn.Module):
             raise ValueError(f"arm method '{arm.method}' needs a teacher")
         # Kept outside the module tree so .train()/.parameters()/state_dict() never touch the teacher.
         self.__dict__["teacher"] = freeze(teacher) if (teacher is not None and self.needs_teacher) else None
-        self.teacher_s = 0.0
+        self._teacher_timer: Timer | None = None  # made on the first teacher forward, on the input's device
         self.pairs = list(pairs)
         self.adapters = nn.ModuleDict()  # trained with the student (they are in this module's parameters)
         self.s_taps = self.t_taps = None
         if self.pairs:
             qkv = any(p.loss == "attention_relation" for p in self.pairs)
-            t_names = [p.teacher for p in self.pairs]
-            # features only: no teacher logits needed, so the teacher stops after its deepest tapped layer
-            deepest = self._deepest(t_names) if arm.method == "features" else None
             self.s_taps = Taps(student, [p.student for p in self.pairs], qkv=qkv)
-            self.t_taps = Taps(self.teacher, t_names, qkv=qkv, stop_after=deepest)
+            # features only: no teacher logits needed, so the teacher forward is cut after its last tapped call
+            self.t_taps = Taps(self.teacher, [p.teacher for p in self.pairs], qkv=qkv,
+                               truncate=arm.method == "features")
             self._build_adapters(example)
-
-    def _deepest(self, names: list[str]) -> str:
-        order = {n: i for i, (n, _) in enumerate(self.teacher.named_modules())}  # registration order ~ depth
-        return max(dict.fromkeys(names), key=order.__getitem__)
 
     @torch.no_grad()
     def _build_adapters(self, example) -> None:
-        """One dry forward of each model on a real 2-sample batch gives the shapes the adapters map between."""
+        """One dry forward of each model on a real 2-sample batch gives the shapes the adapters map between
+        (and, for a truncated teacher, the hook call after which its forward stops)."""
         if example is None:
             raise ValueError("layer pairs need an example batch to infer adapter shapes")
         was = self.student.training
         self.student.eval()  # eval: no BatchNorm statistics updated by the dry pass
         logits_of(self.student, example)
         self.student.train(was)
-        s_feats, (_, t_feats) = self.s_taps.pop(), self.teacher_outputs(example)
-        self.teacher_s = 0.0
+        if self.t_taps.truncate:
+            self.t_taps.calibrate(logits_of, self.teacher, example)  # a full forward, counting hook calls
+        else:
+            logits_of(self.teacher, example)
+        s_feats, t_feats = self.s_taps.pop(), self.t_taps.pop()
         for i, p in enumerate(self.pairs):
             module, p.adapter = make_adapter(p.loss, tuple(s_feats[p.student]["out"].shape),
                                              tuple(t_feats[p.teacher]["out"].shape))
@@ -86,22 +81,25 @@ class Distiller(nn.Module):
             self.teacher.eval()  # the teacher stays in eval mode everywhere (BN statistics frozen)
         return self
 
+    @property
+    def teacher_s(self) -> float:
+        """Seconds spent in teacher forwards since the last reset (on CUDA: one sync, here, when read)."""
+        return self._teacher_timer.seconds if self._teacher_timer is not None else 0.0
+
+    def reset_teacher_time(self) -> None:
+        if self._teacher_timer is not None:
+            self._teacher_timer.reset()
+
     def teacher_outputs(self, x) -> tuple[torch.Tensor | None, dict]:
         """(teacher logits, or None after a truncated forward; tapped teacher features)."""
-        dev = input_device(x)
-        _sync(dev)
-        t0 = time.perf_counter()
-        with torch.no_grad():
+        if self._teacher_timer is None:
+            self._teacher_timer = Timer(input_device(x))
+        with self._teacher_timer, torch.no_grad():
             if self.t_taps is None:
                 logits, feats = logits_of(self.teacher, x), {}
             else:
                 logits, feats = self.t_taps.run(logits_of, self.teacher, x), self.t_taps.pop()
-        _sync(dev)
-        self.teacher_s += time.perf_counter() - t0
         return logits, feats
-
-    def teacher_logits(self, x) -> torch.Tensor:
-        return self.teacher_outputs(x)[0]
 
     def feature_terms(self, s_feats: dict, t_feats: dict, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Weighted feature loss per loss name, summed over its pairs."""
@@ -121,17 +119,14 @@ class Distiller(nn.Module):
             terms[p.loss] = terms.get(p.loss, 0.0) + p.weight * value
         return terms
 
-    def _label_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return losses.mse(logits, y) if self.regression else losses.cross_entropy(logits, y, self.label_smoothing)
-
     def forward(self, x, y: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = logits_of(self.student, x)
         if not self.needs_teacher:
-            return {"loss": self._label_loss(logits, y), "logits": logits}
+            return {"loss": losses.label_loss(logits, y, self.regression, self.label_smoothing), "logits": logits}
         s_feats = self.s_taps.pop() if self.s_taps is not None else {}
         t_logits, t_feats = self.teacher_outputs(x)
         if self.arm.method == "features":  # the labels' loss; the teacher speaks through features only
-            out = {"loss": self._label_loss(logits, y)}
+            out = {"loss": losses.label_loss(logits, y, self.regression, self.label_smoothing)}
         elif self.regression:  # STS-B: match the teacher's prediction (MSE) beside the gold score
             out = losses.regression_kd(logits, t_logits, y, self.arm.alpha)
         else:

@@ -16,7 +16,8 @@ small calibration sample by what it does, not where it sits, so scores do not ri
 - probe: linear-probe accuracy (R^2 for regression) on pooled outputs, for reference only: it
   measures what is decodable at that depth, which tends to grow with depth.
 
-All through forward hooks on the named modules; the model is never rewritten.
+All through `Taps` (forward hooks on the named modules: a summary kept at hook time, an output replaced for
+the ablation); the model is never rewritten.
 """
 from __future__ import annotations
 
@@ -29,22 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from leankd.batching import logits_of
+from leankd.distill.taps import Taps
 
 log = logging.getLogger(__name__)
 
 RANK_BY = ("ablation", "influence")
-
-
-def _hidden(x):  # a module returns a tensor, or a tuple whose first element is the hidden state
-    return x[0] if isinstance(x, tuple) else x
-
-
-def _replace_hidden(out, new: torch.Tensor):  # keep the rest of a tuple (attention weights, cache)
-    return (new, *out[1:]) if isinstance(out, tuple) else new
-
-
-def _layer_input(args: tuple, kwargs: dict):  # HF layers may get hidden_states by keyword
-    return args[0] if args else kwargs.get("hidden_states")
 
 
 def _unchanged(mod: nn.Module, inp, h: torch.Tensor) -> torch.Tensor | None:
@@ -94,14 +84,52 @@ def _probe(feats: torch.Tensor, targets: torch.Tensor) -> float | None:
 
 
 def _mean_loss(model: nn.Module, batches: list[tuple], task_loss: Callable, autocast: Callable,
-               on_batch: Callable = lambda x: None) -> float:
+               before: Callable = lambda x: None, after: Callable = lambda: None) -> float:
     """Sample-weighted mean task loss over the batches (a short last batch counts for less)."""
     total = 0.0
     for x, y in batches:
-        on_batch(x)
+        before(x)
         with autocast():
             total += float(task_loss(logits_of(model, x), y)) * len(y)
+        after()
     return total / max(sum(len(y) for _, y in batches), 1)
+
+
+def _base_pass(model: nn.Module, names: list[str], batches: list[tuple], task_loss: Callable,
+               autocast: Callable) -> tuple[float, dict]:
+    """The unablated pass: mean task loss and, per layer, its ablation mode, pooled features and influences."""
+    ctx = {"mask": None}  # the current batch's attention mask, read at hook time
+    seen = {n: {"feats": [], "infl": [], "mode": None} for n in names}
+
+    def summary(mod, inp, h):  # at hook time: a later in-place op (ReLU(inplace=True)) may overwrite h
+        ref = _unchanged(mod, inp, h)
+        mode = "mean" if ref is None else "skip" if ref is inp else "shortcut"
+        infl = _influence(ref, h, ctx["mask"]).cpu() if ref is not None else None
+        return mode, _pool(h.detach().float(), ctx["mask"]).cpu(), infl
+
+    def set_mask(x) -> None:  # before each forward: the token means read it at hook time
+        ctx["mask"] = x.get("attention_mask") if isinstance(x, dict) else None
+
+    def collect() -> None:  # after each forward: this batch's summaries
+        for name, got in taps.pop().items():
+            mode, feats, infl = got["summary"]
+            s = seen[name]
+            s["mode"] = mode if s["mode"] in (None, mode) else "mean"
+            s["feats"].append(feats)
+            if infl is not None:
+                s["infl"].append(infl)
+
+    with Taps(model, names, summary=summary) as taps:
+        base = _mean_loss(model, batches, task_loss, autocast, before=set_mask, after=collect)
+    return base, seen
+
+
+def _ablation(mode: str) -> Callable:
+    """A `Taps` replace function: output := what the layer leaves unchanged, or its batch mean ("mean")."""
+    def replace(mod, inp, h):
+        ref = _unchanged(mod, inp, h) if mode != "mean" else None
+        return ref.to(h.dtype) if ref is not None else h.mean(dim=0, keepdim=True).expand_as(h)
+    return replace
 
 
 def layer_scores(model: nn.Module, names: list[str], batches: list[tuple], task_loss: Callable,
@@ -110,48 +138,19 @@ def layer_scores(model: nn.Module, names: list[str], batches: list[tuple], task_
 
     batches: (x, y) already on the model's device. Cost: 1 + len(names) passes over the batches;
     only pooled features and per-sample influences are kept, on CPU, so memory stays small."""
-    modules = [model.get_submodule(n) for n in names]
     modes = {m: m.training for m in model.modules()}
-    ctx = {"mask": None}  # the current batch's attention mask, read by the hooks
-    seen = [{"feats": [], "infl": [], "mode": None} for _ in names]
-    handles = []
-
-    def capture(i: int):
-        def hook(mod, args, kwargs, out):
-            # computed here, at hook time: a later in-place op (ReLU(inplace=True)) may overwrite out
-            inp, h = _layer_input(args, kwargs), _hidden(out)
-            ref = _unchanged(mod, inp, h)
-            mode = "mean" if ref is None else "skip" if ref is inp else "shortcut"
-            seen[i]["mode"] = mode if seen[i]["mode"] in (None, mode) else "mean"
-            seen[i]["feats"].append(_pool(h.detach().float(), ctx["mask"]).cpu())
-            if ref is not None:
-                seen[i]["infl"].append(_influence(ref, h, ctx["mask"]).cpu())
-        return hook
-
-    def ablate(mode: str):
-        def hook(mod, args, kwargs, out):  # the returned value replaces the module's output
-            h = _hidden(out)
-            ref = _unchanged(mod, _layer_input(args, kwargs), h) if mode != "mean" else None
-            return _replace_hidden(out, ref.to(h.dtype) if ref is not None
-                                   else h.mean(dim=0, keepdim=True).expand_as(h))
-        return hook
-
     try:
         model.eval()
         with torch.inference_mode():
-            handles = [m.register_forward_hook(capture(i), with_kwargs=True) for i, m in enumerate(modules)]
-            base = _mean_loss(model, batches, task_loss, autocast, on_batch=lambda x: ctx.update(
-                mask=x.get("attention_mask") if isinstance(x, dict) else None))
-            for h in handles:
-                h.remove()
+            base, seen = _base_pass(model, names, batches, task_loss, autocast)
             targets = torch.cat([y.detach().reshape(-1).cpu() for _, y in batches])
             scores = []
-            for name, m, s in zip(names, modules, seen):
+            for name in names:
+                s = seen[name]
                 if not s["feats"]:
                     raise ValueError(f"layer {name!r} never ran in the model's forward pass")
-                handles = [m.register_forward_hook(ablate(s["mode"]), with_kwargs=True)]
-                loss = _mean_loss(model, batches, task_loss, autocast)
-                handles[0].remove()
+                with Taps(model, [name], replace=_ablation(s["mode"])):
+                    loss = _mean_loss(model, batches, task_loss, autocast)
                 scores.append({
                     "name": name, "ablation": loss - base, "ablation_mode": s["mode"],
                     "influence": float(torch.cat(s["infl"]).mean()) if s["mode"] != "mean" else None,
@@ -159,8 +158,6 @@ def layer_scores(model: nn.Module, names: list[str], batches: list[tuple], task_
                 log.debug("importance %s: %s", name, scores[-1])
         return scores
     finally:
-        for h in handles:
-            h.remove()
         for m, training in modes.items():  # per module: a frozen BatchNorm stays frozen
             m.train(training)
 

@@ -21,6 +21,13 @@ def mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(predictions.float().reshape(-1), targets.float().reshape(-1))
 
 
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """The one loss against gold labels: MSE for a regression head (logits (B, 1) or (B,), labels (B,) float),
+    else cross-entropy (logits (B, C), labels (B,) int64) with optional label smoothing -> scalar."""
+    return mse(logits, labels) if regression else cross_entropy(logits, labels, label_smoothing)
+
+
 def regression_kd(student_pred: torch.Tensor, teacher_pred: torch.Tensor, targets: torch.Tensor,
                   alpha: float) -> dict[str, torch.Tensor]:
     """(1 - alpha) * MSE(s, y) + alpha * MSE(s, t): distillation for regression heads (STS-B)."""
@@ -95,17 +102,23 @@ def hint_cosine(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = No
 
 
 def _attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W): channel-mean of activation^p, L2-normalised per sample."""
-    return F.normalize(f.pow(p).mean(1).flatten(1), dim=1)
+    """(B, C, H, W) -> (B, 1, H, W): channel mean of activation^p (not yet normalised)."""
+    return f.pow(p).mean(1, keepdim=True)
 
 
 def attention_transfer(s: torch.Tensor, t: torch.Tensor, p: float = 2) -> torch.Tensor:
     """Zagoruyko & Komodakis 2017: mean squared difference of normalised spatial attention maps.
 
-    s (B, C_s, H_s, W_s), t (B, C_t, H_t, W_t): channels are averaged away, so C_s != C_t is fine;
-    spatial sizes are aligned first."""
-    s, t = align_spatial(s.float(), t.float())
-    return (_attention_map(s, p) - _attention_map(t, p)).pow(2).mean()
+    s (B, C_s, H_s, W_s), t (B, C_t, H_t, W_t): each map is the channel mean of f^p (so C_s != C_t is fine);
+    when H, W differ the larger *map* is average-pooled to the smaller size (pooling the signed features
+    first would let positive and negative activations cancel), then each map is flattened and L2-normalised."""
+    if s.dim() != 4 or t.dim() != 4:
+        raise ValueError(f"attention_transfer needs convolutional feature maps (B, C, H, W), got student "
+                         f"{tuple(s.shape)} and teacher {tuple(t.shape)}; for transformer layers use hint_mse, "
+                         "hint_cosine or attention_relation")
+    a_s, a_t = align_spatial(_attention_map(s.float(), p), _attention_map(t.float(), p))
+    a_s, a_t = (F.normalize(a.flatten(1), dim=1) for a in (a_s, a_t))
+    return (a_s - a_t).pow(2).mean()
 
 
 def relation_log_probs(x: torch.Tensor, y: torch.Tensor, heads: int,
@@ -116,7 +129,7 @@ def relation_log_probs(x: torch.Tensor, y: torch.Tensor, heads: int,
     get the most negative finite float (not -inf, which turns a fully masked row into NaN), then
     log_softmax over keys. With x = query, y = key outputs this is the model's attention."""
     x, y = x.float(), y.float()
-    b, l, d = x.shape
+    b, _, d = x.shape
     if d % heads:
         raise ValueError(f"feature dim {d} is not divisible by heads={heads}")
     x, y = (z.reshape(b, z.shape[1], heads, d // heads).transpose(1, 2) for z in (x, y))

@@ -1,10 +1,11 @@
 """A teacher's layer ranking: scored once on a calibration sample of the training data, stored beside the
 teacher, reused by every `pairs: auto` arm and by `leankd layers --rank`.
 
-    result = load_or_rank(task, teacher, teacher_dir(out, key), cfg.ranking, precision, device)
+    result = load_or_rank(task, teacher, teacher_dir, cfg.ranking, precision, device, experiment=cfg.name)
     result["ranked"][0]   # {"rank": 1, "index": 4, "name": "layer2.1", "ablation": ..., "influence": ..., "probe": ...}
 
-Stored as `<teacher dir>/ranking-<hash of the ranking settings>.json` with its own cost (`seconds`).
+Stored as `<teacher dir>/ranking-<hash of the ranking settings>.json` with its own cost (`seconds`) and the
+experiment it was made for (whose `auto` arms share that cost; later experiments reuse it for free).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def rank_teacher(task, teacher: torch.nn.Module, rcfg, precision, device: torch.
     batches = [(to_device(x, device), y.to(device)) for x, y in loader.epoch(0)]
 
     def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return losses.mse(logits, y) if task.is_regression else losses.cross_entropy(logits, y)
+        return losses.label_loss(logits, y, task.is_regression)
 
     scores = importance.layer_scores(teacher, names, batches, task_loss, autocast=precision.autocast)
     for i, s in enumerate(scores):
@@ -44,14 +45,16 @@ def rank_teacher(task, teacher: torch.nn.Module, rcfg, precision, device: torch.
             "ranked": importance.rank(scores, rcfg.by), "seconds": time.perf_counter() - t0}
 
 
-def load_or_rank(task, teacher: torch.nn.Module, tdir: Path, rcfg, precision, device: torch.device) -> dict:
-    """The stored ranking for these settings, or a new one (then stored). `reused` says which."""
+def load_or_rank(task, teacher: torch.nn.Module, tdir: Path, rcfg, precision, device: torch.device,
+                 experiment: str | None = None) -> dict:
+    """The stored ranking for these settings, or a new one made for `experiment` (then stored). `reused`
+    says which; `experiment` in the result names the experiment it was made for."""
     path = ranking_path(tdir, rcfg)
     if path.is_file():
         result = json.loads(path.read_text())
         log.info("reusing the stored layer ranking %s (cost %.1f s when made)", path, result["seconds"])
         return {**result, "path": str(path), "reused": True}
-    result = rank_teacher(task, teacher, rcfg, precision, device)
+    result = {**rank_teacher(task, teacher, rcfg, precision, device), "experiment": experiment}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from leankd.distill.taps import candidate_layers, layer_index, resolve_layer
-from leankd.models.text import ModelError
+from leankd.errors import ModelError
 
 
 @dataclass
@@ -69,13 +69,8 @@ def layer_map(arm, student: nn.Module, teacher: nn.Module, ranking: list[dict] |
     out = []
     for i, item in enumerate(arm.pairs or []):
         s_ref, t_ref = (item.student, item.teacher) if hasattr(item, "teacher") else (i, item)
-        out.append((resolve_layer(student, _ref(s_ref), "student layer"),
-                    resolve_layer(teacher, _ref(t_ref), "teacher layer")))
+        out.append((resolve_layer(student, s_ref, "student layer"), resolve_layer(teacher, t_ref, "teacher layer")))
     return out
-
-
-def _ref(ref: int | str) -> int | str:
-    return int(ref) if isinstance(ref, str) and ref.isdigit() else ref
 
 
 def build_pairs(arm, student: nn.Module, teacher: nn.Module, ranking: list[dict] | None = None) -> list[LayerPair]:
@@ -107,39 +102,9 @@ def init_layer_indices(teacher: nn.Module, refs: list) -> list[int]:
     """Text students built from teacher layers: each ref (index or module name) -> encoder layer index."""
     out = []
     for ref in refs:
-        idx = layer_index(teacher, resolve_layer(teacher, _ref(ref), "student init layer"))
+        idx = layer_index(teacher, resolve_layer(teacher, ref, "student init layer"))
         if idx is None:
             raise ModelError(f"layer error: student init layer '{ref}' is not an encoder layer of the teacher; "
                              "see `leankd layers CONFIG`")
         out.append(idx)
     return out
-
-
-def check_layers(cfg, task) -> None:
-    """Resolve every arm's layers against the real (untrained) models before any training starts, so a
-    typo or an out-of-range index fails in seconds with a did-you-mean hint, not after the teacher."""
-    from leankd.distill.taps import qkv_modules
-
-    arms = {n: a for n, a in cfg.arms.items() if a.pairs or a.layers is not None or cfg.student.layers}
-    if not arms:
-        return
-    teacher = task.build_model("teacher")
-    for name, arm in arms.items():
-        try:
-            layers = arm.layers if arm.layers is not None else cfg.student.layers
-            layers = init_layer_indices(teacher, layers) if layers is not None else None
-            student = task.build_model("student", layers=layers, teacher=teacher)
-            if not arm.pairs:
-                continue
-            if arm.pairs == "auto":  # the ranking needs the trained teacher; check the depths now
-                s, t = len(candidate_layers(student)), len(candidate_layers(teacher))
-                preset_layers("last", s, t)
-                mapping = []
-            else:
-                mapping = layer_map(arm, student, teacher)
-            if "attention_relation" in arm.feature_losses:
-                for s_name, t_name in mapping:
-                    qkv_modules(student.get_submodule(s_name), s_name)
-                    qkv_modules(teacher.get_submodule(t_name), t_name)
-        except ModelError as err:
-            raise ModelError(f"arm '{name}': {err}") from None

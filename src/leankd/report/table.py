@@ -9,11 +9,15 @@ Usage::
     summary = summarise([r for r in rows if r["experiment"] == "cifar-demo"])
     print(to_markdown(summary, "cifar-demo"))
 
-`summarise` gives one dict per arm (teacher first, then `plain`, then the other arms in the order
-first seen). Every metric and every numeric ledger figure becomes ``{"mean", "std", "n"}`` over the
-arm's seeds (sample std, 0.0 for one value; None values skipped; the whole figure is None when no
-seed has a value). A seed that appears twice (a re-run) counts once, with its latest row.
-Ratios ``total_s_vs_plain`` / ``train_flops_vs_plain`` are ratios of means to the plain arm.
+`summarise` gives one dict per (arm, config_hash) group: rows made by different settings are never
+averaged together. Arms come teacher first, then `plain`, then the other arms in the order first seen;
+within an arm the newest group (highest row id) comes first and is the arm's current row, and older
+groups (an edited config rerun under the same experiment name) follow it with ``"older": True``.
+Every metric and every numeric ledger figure becomes ``{"mean", "std", "n"}`` over the group's seeds
+(sample std, 0.0 for one value; None values skipped; the whole figure is None when no seed has a
+value). A seed that appears twice in a group (a re-run) counts once, with its latest row.
+Ratios ``total_s_vs_plain`` / ``train_flops_vs_plain`` are ratios of means to the current plain group,
+given for current student groups only (None for the teacher and for older groups).
 """
 from __future__ import annotations
 
@@ -21,18 +25,28 @@ import json
 import logging
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-LEDGER_FIGURES = ("train_s", "teacher_s", "cache_share_s", "total_s", "train_flops",
+LEDGER_FIGURES = ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s", "train_flops",
                   "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1", "infer_ms_p90_b1",
                   "peak_mem_mb", "energy_j", "params", "size_mb")
 # Metrics stored as fractions that read better as percent (GLUE reports MCC/correlations x100 too).
 _PERCENT_HINTS = ("acc", "f1", "agreement", "precision", "recall", "matthews", "mcc",
                   "pearson", "spearman")
-_NA = "—"  # not applicable (teacher ratios, a metric an arm does not have)
+_NA = "—"  # not applicable (teacher and older-config ratios, a metric an arm does not have)
+_LEGEND = ("n = seeds; cells are mean ± sample std over seeds (the mean alone for n = 1). One row per arm "
+           "and config: an arm's first row is its newest config; `(older config <hash>)` rows are earlier "
+           "configs rerun under the same experiment name, never averaged with it. Times in s: train_s is "
+           "the training loop only (evaluation and warm-up excluded); teacher_s is a breakdown (part of "
+           "train_s for an online teacher, the cache share for a cached one); ranking_share_s: the layer "
+           "ranking's seconds charged to each arm that uses it, as a stated share; total_s = train_s + "
+           "cache_share_s + ranking_share_s. Memory in MiB, energy in J with its source. ×plain: ratio of "
+           "means to the plain arm's current config, for current configs only. teacher layers: the teacher "
+           "layers (candidate indices, `leankd layers`) whose features the arm distils.")
 
 
 def _stats(values: list[Any]) -> dict[str, float | int] | None:
@@ -62,46 +76,64 @@ def _ratio(arm: dict | None, plain: dict | None) -> float | None:
     return arm["mean"] / plain["mean"]
 
 
+def _groups(rows: list[dict]) -> list[tuple[str, Any, list[dict]]]:
+    """(arm, config_hash, latest row of each seed) per group, in report order (see the module docstring)."""
+    # Rows in insertion order: by id where they have one (store rows), else by list position.
+    ordered = [r for _, r in sorted(enumerate(rows), key=lambda p: (
+        p[1]["id"] if p[1].get("id") is not None else -1, p[0]))]
+    latest: dict[tuple[str, Any], dict[Any, dict]] = {}
+    newest: dict[tuple[str, Any], int] = {}
+    for pos, r in enumerate(ordered):
+        key = ("teacher" if r.get("role") == "teacher" else r["arm"], r.get("config_hash"))
+        latest.setdefault(key, {})[r.get("seed")] = r  # a later row of the same seed replaces it
+        newest[key] = pos
+    arms = list(dict.fromkeys(arm for arm, _ in latest))
+    arms = [a for a in ("teacher", "plain") if a in arms] + [a for a in arms if a not in ("teacher", "plain")]
+    out = []
+    for arm in arms:
+        keys = sorted((k for k in latest if k[0] == arm), key=newest.__getitem__, reverse=True)
+        out += [(arm, config_hash, list(latest[(arm, config_hash)].values())) for _, config_hash in keys]
+    return out
+
+
+def _summarise_group(arm: str, config_hash: Any, runs: list[dict], older: bool) -> dict:
+    metric_names = _distinct([k for r in runs for k in (r.get("metrics") or {})])
+    s: dict[str, Any] = {
+        "experiment": runs[0]["experiment"], "arm": arm,
+        "role": "teacher" if arm == "teacher" else "student",
+        "config_hash": config_hash, "older": older,
+        "latest_id": max((r["id"] for r in runs if r.get("id") is not None), default=None),
+        "n": len(runs), "seeds": [r.get("seed") for r in runs],
+        "model": _joined([r.get("model") for r in runs]),
+        "task": _joined([r.get("task") for r in runs]),
+        "split": _joined([r.get("split") for r in runs]),
+        "teacher_layers": _joined([_layers((r.get("extra") or {}).get("teacher_layers")) for r in runs]),
+        "metrics": {m: _stats([(r.get("metrics") or {}).get(m) for r in runs]) for m in metric_names},
+    }
+    for fig in LEDGER_FIGURES:
+        s[fig] = _stats([r.get(fig) for r in runs])
+    sizes = _distinct([r.get("infer_batch_size") for r in runs])
+    s["infer_batch_size"] = sizes[0] if len(sizes) == 1 else (sizes or None)
+    s["energy_source"] = _joined([r.get("energy_source") for r in runs])
+    s["peak_mem_source"] = _joined([r.get("peak_mem_source") for r in runs])
+    return s
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """One summary dict per arm for the rows of one experiment (see the module docstring)."""
+    """One summary dict per (arm, config_hash) for the rows of one experiment (see the module docstring)."""
     if len({r["experiment"] for r in rows}) > 1:
         raise ValueError("summarise() takes the rows of one experiment; group them first "
                          "(write_report does this)")
-    groups: dict[str, dict[Any, dict]] = {}
-    for r in rows:
-        arm = "teacher" if r.get("role") == "teacher" else r["arm"]
-        groups.setdefault(arm, {})[r.get("seed")] = r  # later row of the same seed replaces it
-    order = [a for a in ("teacher", "plain") if a in groups]
-    order += [a for a in groups if a not in order]
+    out, seen = [], set()
+    for arm, config_hash, runs in _groups(rows):
+        out.append(_summarise_group(arm, config_hash, runs, older=arm in seen))
+        seen.add(arm)
 
-    out = []
-    for arm in order:
-        runs = list(groups[arm].values())
-        metric_names = _distinct([k for r in runs for k in (r.get("metrics") or {})])
-        s: dict[str, Any] = {
-            "experiment": runs[0]["experiment"], "arm": arm,
-            "role": "teacher" if arm == "teacher" else "student",
-            "n": len(runs), "seeds": [r.get("seed") for r in runs],
-            "model": _joined([r.get("model") for r in runs]),
-            "task": _joined([r.get("task") for r in runs]),
-            "split": _joined([r.get("split") for r in runs]),
-            "teacher_layers": _joined([_layers((r.get("extra") or {}).get("teacher_layers")) for r in runs]),
-            "metrics": {m: _stats([(r.get("metrics") or {}).get(m) for r in runs])
-                        for m in metric_names},
-        }
-        for fig in LEDGER_FIGURES:
-            s[fig] = _stats([r.get(fig) for r in runs])
-        sizes = _distinct([r.get("infer_batch_size") for r in runs])
-        s["infer_batch_size"] = sizes[0] if len(sizes) == 1 else (sizes or None)
-        s["energy_source"] = _joined([r.get("energy_source") for r in runs])
-        s["peak_mem_source"] = _joined([r.get("peak_mem_source") for r in runs])
-        out.append(s)
-
-    plain = next((s for s in out if s["arm"] == "plain"), None)
+    plain = next((s for s in out if s["arm"] == "plain" and not s["older"]), None)
     for s in out:
-        student = s["role"] == "student" and plain is not None
-        s["total_s_vs_plain"] = _ratio(s["total_s"], plain["total_s"]) if student else None
-        s["train_flops_vs_plain"] = _ratio(s["train_flops"], plain["train_flops"]) if student else None
+        current_student = s["role"] == "student" and not s["older"] and plain is not None
+        s["total_s_vs_plain"] = _ratio(s["total_s"], plain["total_s"]) if current_student else None
+        s["train_flops_vs_plain"] = _ratio(s["train_flops"], plain["train_flops"]) if current_student else None
     return out
 
 
@@ -158,6 +190,13 @@ def _metric_cell(s: dict, name: str) -> str:
     return _pm(s["metrics"][name], fmt)
 
 
+def _arm_label(s: dict) -> str:
+    """The arm name; an older group also names its config, e.g. "kd (older config 1a2b3c)"."""
+    if not s.get("older"):
+        return s["arm"]
+    return f"{s['arm']} (older config {str(s.get('config_hash') or 'unknown')[:6]})"
+
+
 def to_markdown(summary: list[dict], title: str) -> str:
     """A `## title` section with one table row per arm (teacher first) and a legend."""
     metric_names = _distinct([m for s in summary for m in s["metrics"]])
@@ -172,14 +211,14 @@ def to_markdown(summary: list[dict], title: str) -> str:
             return text if one_bs or fig.endswith("_b1") else f"{text} (bs={s['infer_batch_size']})"
         return cell
 
-    columns: list[tuple[str, Callable[[dict], str]]] = [("arm", lambda s: s["arm"]),
+    columns: list[tuple[str, Callable[[dict], str]]] = [("arm", _arm_label),
                                                         ("n", lambda s: str(s["n"]))]
     if any(s.get("teacher_layers") for s in summary):  # selective layer distillation: which layers
         columns.append(("teacher layers", lambda s: s.get("teacher_layers") or _NA))
     columns += [(f"{m} (%)" if _is_percent(m) else m, lambda s, m=m: _metric_cell(s, m))
                 for m in metric_names]
     columns += [(f, lambda s, f=f: _pm(s[f], _num))
-                for f in ("train_s", "teacher_s", "cache_share_s", "total_s")]
+                for f in ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s")]
     columns += [("train_flops", lambda s: _flops(s["train_flops"])),
                 (f"infer ms p50 @{bs}", infer("infer_ms_p50")),
                 (f"infer ms p90 @{bs}", infer("infer_ms_p90")),
@@ -204,12 +243,7 @@ def to_markdown(summary: list[dict], title: str) -> str:
     lines.append(line([h for h, _ in columns]))
     lines.append("|" + "---|" * len(columns))
     lines += [line([cell(s) for _, cell in columns]) for s in summary]
-    lines += ["", "n = seeds; cells are mean ± sample std over seeds (the mean alone for n = 1). "
-              "Times in s: train_s is the training loop only (evaluation and warm-up excluded); "
-              "teacher_s is a breakdown (part of train_s for an online teacher, the cache share "
-              "for a cached one); total_s = train_s + cache_share_s. Memory in MiB, energy in J "
-              "with its source. ×plain: ratio of means to the plain arm. teacher layers: the teacher "
-              "layers (candidate indices, `leankd layers`) whose features the arm distils.", ""]
+    lines += ["", _LEGEND, ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,1 @@
+"""Results: the SQLite store of run rows (metrics, cost ledger, provenance)."""

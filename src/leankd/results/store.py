@@ -20,7 +20,7 @@ Absent figures are NULL, never 0. Seconds are wall-clock seconds with the device
 |---|---|---|
 | `id` | INTEGER | primary key, increases with insertion order |
 | `experiment` | TEXT | experiment name (the config's name) |
-| `config_hash` | TEXT | hash of the resolved config of this run |
+| `config_hash` | TEXT | the row's identity: settings, data files, teacher weights (teacher rows: the teacher key) |
 | `role` | TEXT | `teacher` or `student` |
 | `arm` | TEXT | arm name (`plain`, `kd`, ...); `teacher` for the teacher row |
 | `seed` | INTEGER | random seed of the run |
@@ -31,7 +31,8 @@ Absent figures are NULL, never 0. Seconds are wall-clock seconds with the device
 | `train_s` | REAL | s, the arm's whole training step loop; evaluation, checkpointing, warm-up excluded |
 | `teacher_s` | REAL | s, teacher work of this arm (online: part of `train_s`; cached: its share of the cache build) |
 | `cache_share_s` | REAL | s, cache build time charged to this arm; 0 with an online teacher |
-| `total_s` | REAL | s, `train_s + cache_share_s`: the time compared across arms |
+| `total_s` | REAL | s, `train_s + cache_share_s + ranking_share_s`: the time compared across arms |
+| `ranking_share_s` | REAL | s, the layer ranking's seconds / the jobs of its experiment using it; 0 otherwise |
 | `train_flops` | INTEGER | FLOP, of training incl. teacher forwards, counted over the actual batch shapes |
 | `infer_batch_size` | INTEGER | batch size of `infer_ms_p50` / `infer_ms_p90` (the training batch size) |
 | `infer_ms_p50` | REAL | ms per batch, median over >= 20 batches after warm-up, at `infer_batch_size` |
@@ -39,12 +40,13 @@ Absent figures are NULL, never 0. Seconds are wall-clock seconds with the device
 | `infer_ms_p50_b1` | REAL | ms per batch, median, at batch size 1 |
 | `infer_ms_p90_b1` | REAL | ms per batch, 90th percentile, at batch size 1 |
 | `peak_mem_mb` | REAL | MiB, peak memory of this run alone |
-| `peak_mem_source` | TEXT | how the peak was read (`cuda_max_allocated`, `child_rss_minus_baseline`) |
+| `peak_mem_source` | TEXT | how the peak was read (`leankd.metering.ledger.PEAK_MEM_SOURCES`) |
 | `energy_j` | REAL | J, energy of training; NULL when unavailable |
-| `energy_source` | TEXT | `nvml`, `rapl`, `estimated` (only when asked for) or `unavailable` |
+| `energy_source` | TEXT | `nvml`, `rapl` or `unavailable` (`leankd.metering.ledger.ENERGY_SOURCES`) |
 | `params` | INTEGER | parameter count of the model |
 | `size_mb` | REAL | MiB, size of the saved weights |
-| `extra` | TEXT (JSON) | anything else: arm settings, val accuracy, epochs, precision, cache sharing rule |
+| `extra` | TEXT (JSON) | arm settings, losses, precision, val metrics, checkpoint; feature arms: layer pairs, ranking |
+| `sources` | TEXT (JSON) | cost figure -> where it came from (timer, counter, sharing rule) |
 | `provenance` | TEXT (JSON) | resolved config, git commit, code hash, library versions, device, threads, seed, times |
 | `started_at` | TEXT | ISO-8601 time the run started |
 | `ended_at` | TEXT | ISO-8601 time the run ended |
@@ -60,7 +62,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # (name, SQL type) in table order; `id` is added by the schema. Single source for schema and checks.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -77,6 +79,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("teacher_s", "REAL"),
     ("cache_share_s", "REAL"),
     ("total_s", "REAL"),
+    ("ranking_share_s", "REAL"),
     ("train_flops", "INTEGER"),
     ("infer_batch_size", "INTEGER"),
     ("infer_ms_p50", "REAL"),
@@ -91,11 +94,13 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("size_mb", "REAL"),
     ("extra", "TEXT"),
     ("provenance", "TEXT"),
+    ("sources", "TEXT"),
     ("started_at", "TEXT"),
     ("ended_at", "TEXT"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
-JSON_COLUMNS = frozenset({"metrics", "extra", "provenance"})
+JSON_COLUMNS = frozenset({"metrics", "extra", "provenance", "sources"})
+ADDED_IN_2 = ("ranking_share_s", "sources")  # version 1 files are migrated by adding these columns
 ROLES = ("teacher", "student")
 
 
@@ -133,6 +138,11 @@ class ResultsStore:
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
             found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+            if int(found) == 1:  # add the version-2 columns; old rows read NULL there
+                for name in ADDED_IN_2:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {dict(COLUMNS)[name]}")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                found = SCHEMA_VERSION
         if int(found) != SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} has results schema version {found}, this leankd "
                                f"reads version {SCHEMA_VERSION}; use a new file or migrate it")

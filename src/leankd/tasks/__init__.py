@@ -1,9 +1,9 @@
-"""A task bundles what differs between domains: its data splits and loaders, how models are built,
-saved and loaded, and its metrics. The runner, loop, ledger and store are shared.
+"""Tasks, the one domain seam: what differs between vision and text (data splits and loaders, how models are
+built, saved and loaded, metrics). The jobs, loop, ledger and store are shared.
 
     task = build_task(cfg, data_dir, cache_dir)
     loader = task.train_loader(batch_size=128, seed=0)
-    model = task.build_model("teacher")
+    model = task.build_model(cfg.teacher.model)
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def build_task(cfg, data_dir: Path, cache_dir: Path | None = None):
 
 def data_identity(cfg, data_dir: Path) -> list[str]:
     """Identities (hashes) of the data files a teacher is trained and evaluated on."""
-    from leankd.data.cifar10 import cifar10_file, file_identity
+    from leankd.data.cifar10 import cifar10_file
+    from leankd.data.files import file_identity
 
     if cfg.data.dataset == "glue":
         from leankd.data.glue import get_task

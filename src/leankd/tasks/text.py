@@ -13,8 +13,8 @@ import torch
 
 from leankd.data.glue import get_task, load_glue
 from leankd.data.text import TextLoader, tokenize_split
-from leankd.glue_metrics import glue_metrics
 from leankd.models.text import build_text_model, load_tokenizer, student_from_teacher
+from leankd.tasks.metrics import glue_metrics
 
 
 class TextTask:
@@ -57,10 +57,11 @@ class TextTask:
         sub = {k: [v[i] for i in idx] for k, v in enc.items()}
         return TextLoader(sub, labels[idx], batch_size, bucket=True, pad_id=self.tokenizer.pad_token_id or 0)
 
-    def build_model(self, role: str, layers=None, teacher=None) -> torch.nn.Module:
-        if role == "student" and layers is not None:
-            return student_from_teacher(teacher, list(layers))
-        name = self.cfg.teacher.model if role == "teacher" else self.cfg.student.model
+    def build_model(self, name: str, init_layers=None, teacher=None) -> torch.nn.Module:
+        """`name` from the hub/local/offline encoders, or, with init_layers, a student built from `teacher`'s
+        embeddings, head and those encoder layers."""
+        if init_layers is not None:
+            return student_from_teacher(teacher, list(init_layers))
         return build_text_model(name, self.num_outputs)
 
     def predictions(self, logits: np.ndarray) -> np.ndarray:

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from leankd.data.cifar10 import VisionLoader, cifar10_splits
-from leankd.metrics import classification_metrics
 from leankd.models import create_model
-from leankd.teacher import load_weights, save_model
+from leankd.models.checkpoint import load_weights, save_model
+from leankd.tasks.metrics import classification_metrics
 
 
 class VisionTask:
@@ -35,16 +35,17 @@ class VisionTask:
         idx = np.sort(np.random.default_rng(seed).permutation(len(labels))[:n])
         return VisionLoader(images[idx], labels[idx], batch_size=batch_size)
 
-    def build_model(self, role: str, layers=None, teacher=None) -> torch.nn.Module:
-        name = self.cfg.teacher.model if role == "teacher" else self.cfg.student.model
+    def build_model(self, name: str, init_layers=None, teacher=None) -> torch.nn.Module:
+        """The registry model `name` (init_layers apply to text students only; the config refuses them here)."""
         return create_model(name, self.num_outputs).to(memory_format=torch.channels_last)
 
     def metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        return classification_metrics(logits, labels)
+        return classification_metrics(logits.argmax(-1), labels)
 
     def save(self, model: torch.nn.Module, path: Path, meta: dict) -> Path:
         path = Path(path).with_suffix(".safetensors")
-        save_model(model, path, {**meta, "num_classes": self.num_outputs, "data": self.cfg.data.model_dump(mode="json")})
+        data = self.cfg.data.model_dump(mode="json")
+        save_model(model, path, {**meta, "num_classes": self.num_outputs, "data": data})
         return path
 
     @staticmethod

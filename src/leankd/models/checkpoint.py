@@ -1,11 +1,8 @@
-"""The teacher, obtained once: trained from the config or loaded from a checkpoint, then stored.
+"""Checkpoint I/O for models: safetensors weights with a JSON sidecar, loading user checkpoints, weight hashes.
 
-A teacher is stored under `<out>/teachers/<key>/` where `key` hashes its config and the identity of the
-data it was trained and evaluated on; any later experiment with the same key reuses it without training.
-
-    key = teacher_key(cfg, data_dir)
-    if not is_stored(out_dir, key): ...train it in a child process (leankd.runner)...
-    model, meta = task.load(teacher_dir(out_dir, key) / "model")
+    save_model(model, Path("runs/students/demo/kd-seed0.safetensors"), {"model": "resnet8", ...})
+    load_weights(create_model("resnet20", 10), "teacher.safetensors")   # or a torch.save'd state dict
+    state_identity(model)                                                # 16-hex hash of every tensor
 """
 from __future__ import annotations
 
@@ -16,42 +13,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from leankd.config import config_hash
-from leankd.data.cifar10 import file_identity
-
-
-class CheckpointError(ValueError):
-    """A one-line, user-facing checkpoint error."""
+from leankd.errors import CheckpointError
 
 
 def state_identity(model: torch.nn.Module) -> str:
+    """sha256 (16 hex) over the names and bytes of every tensor in the state dict."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def teacher_key(cfg, data_dir: Path, module: torch.nn.Module | None = None) -> str:
-    from leankd.tasks import data_identity
-    ident = {"teacher": cfg.teacher.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-             "precision": cfg.precision, "files": data_identity(cfg, data_dir)}
-    if cfg.teacher.checkpoint:
-        if not Path(cfg.teacher.checkpoint).is_file():
-            raise CheckpointError(f"checkpoint error: teacher.checkpoint '{cfg.teacher.checkpoint}' not found")
-        ident["checkpoint"] = file_identity(Path(cfg.teacher.checkpoint))
-    if module is not None:  # a user's trained module: identified by its class and weights
-        ident["module"] = [type(module).__qualname__, state_identity(module)]
-    return config_hash(ident)
-
-
-def teacher_dir(out_dir: Path, key: str) -> Path:
-    return Path(out_dir) / "teachers" / key
-
-
-def is_stored(out_dir: Path, key: str) -> bool:
-    d = teacher_dir(out_dir, key)
-    return (d / "model.json").is_file() and (d / "row.json").is_file()  # both written last
 
 
 def save_model(model: torch.nn.Module, path: Path, meta: dict) -> None:

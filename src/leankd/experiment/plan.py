@@ -1,0 +1,113 @@
+"""Planning an experiment: which jobs it has and what each one is, decided once, as job specs.
+
+    plan = Plan.make(cfg, data_dir, out_dir, key)   # validates every arm's layers against the real models
+    plan.teacher_job()                               # the JobSpec that trains (or loads) the teacher
+    plan.student_job("kd", seed=0)                   # a JobSpec per arm x seed
+    plan.row_identity("kd")                          # settings + data files + teacher weights: the row's identity
+
+Whether a job runs the teacher, which teacher layers a text student starts from, where the teacher comes from
+and how the ranking's cost is shared are decided here and nowhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leankd.config import ArmConfig, config_hash
+from leankd.distill.selection import init_layer_indices, layer_map, preset_layers
+from leankd.distill.taps import candidate_layers, qkv_modules
+from leankd.errors import ModelError
+from leankd.experiment import teachers
+from leankd.jobs.spec import JobSpec
+from leankd.tasks import data_identity
+
+
+def uses_teacher(cfg, arm: ArmConfig) -> bool:
+    """The job loads the teacher: to distil from it, or to build the student from its layers."""
+    return arm.method != "plain" or arm.layers is not None or cfg.student.layers is not None
+
+
+def check_layers(cfg, task) -> dict[str, list[int] | None]:
+    """Resolve every arm's layers against the real (untrained) models before any training starts, so a typo
+    or an out-of-range index fails in seconds with a did-you-mean hint, not after the teacher. Returns the
+    teacher encoder layers each arm's student starts from (None: a model of its own)."""
+    init: dict[str, list[int] | None] = {name: None for name in cfg.arms}
+    arms = {n: a for n, a in cfg.arms.items() if a.pairs or a.layers is not None or cfg.student.layers}
+    teacher = task.build_model(cfg.teacher.model) if arms else None
+    for name, arm in arms.items():
+        try:
+            refs = arm.layers if arm.layers is not None else cfg.student.layers
+            init[name] = init_layer_indices(teacher, refs) if refs is not None else None
+            student = task.build_model(cfg.student.model, init[name], teacher)
+            if arm.pairs == "auto":  # the ranking needs the trained teacher; check the depths now
+                preset_layers("last", len(candidate_layers(student)), len(candidate_layers(teacher)))
+            elif arm.pairs and "attention_relation" in arm.feature_losses:
+                for s_name, t_name in layer_map(arm, student, teacher):
+                    qkv_modules(student.get_submodule(s_name), s_name)
+                    qkv_modules(teacher.get_submodule(t_name), t_name)
+            elif arm.pairs:
+                layer_map(arm, student, teacher)
+        except ModelError as err:
+            raise ModelError(f"arm '{name}': {err}") from None
+    return init
+
+
+@dataclass
+class Plan:
+    cfg: object
+    data_dir: Path
+    out_dir: Path
+    key: str                          # the stored teacher's key
+    init_layers: dict = field(default_factory=dict)
+    user_student: bool = False
+    user_teacher: bool = False
+    data_files: list = field(default_factory=list)
+
+    def _spec(self, **kw) -> JobSpec:
+        return JobSpec(config=self.cfg.model_dump(mode="json"), data_dir=str(self.data_dir),
+                       out_dir=str(self.out_dir.resolve()), teacher_key=self.key, **kw)
+
+    def teacher_job(self) -> JobSpec:
+        cfg = self.cfg
+        given = self.user_teacher or cfg.teacher.checkpoint is not None
+        return self._spec(role="teacher", arm="teacher", seed=cfg.teacher.seed, optim="teacher.train",
+                          loss=ArmConfig(method="plain").model_dump(mode="json"),
+                          model="user" if self.user_teacher else cfg.teacher.model,
+                          save_path=str(teachers.model_path(self.out_dir, self.key)),
+                          weights=cfg.teacher.checkpoint, train=not given,
+                          eval_logits_out=str(teachers.eval_logits_path(self.out_dir, self.key)))
+
+    def student_job(self, arm: str, seed: int) -> JobSpec:
+        cfg, acfg = self.cfg, self.cfg.arms[arm]
+        loads_teacher = uses_teacher(cfg, acfg)
+        init = self.init_layers.get(arm)
+        return self._spec(role="student", arm=arm, seed=seed, optim="train", loss=acfg.model_dump(mode="json"),
+                          model="user" if self.user_student else cfg.teacher.model if init else cfg.student.model,
+                          save_path=str(self.out_dir / "students" / cfg.name / f"{arm}-seed{seed}"),
+                          teacher_path=str(teachers.model_path(self.out_dir, self.key))
+                          if loads_teacher and not self.user_teacher else None,
+                          user_teacher=loads_teacher and self.user_teacher, init_layers=init,
+                          distil=acfg.method != "plain",
+                          agreement_with=str(teachers.eval_logits_path(self.out_dir, self.key)),
+                          ranking_dir=str(teachers.teacher_dir(self.out_dir, self.key)) if acfg.pairs == "auto"
+                          else None, ranking_users=self.ranking_users())
+
+    def ranking_users(self) -> int:
+        """Jobs of this experiment that use the teacher's layer ranking (share its cost)."""
+        return max(1, sum(a.pairs == "auto" for a in self.cfg.arms.values()) * len(self.cfg.seeds))
+
+    def row_identity(self, arm: str) -> str | None:
+        """What makes a student row what it is: its settings (not the other arms or the seed list), the data
+        files, and the teacher's key and stored weights. None with a caller's student module: such rows are
+        never reused (leankd cannot tell whether the module changed)."""
+        if self.user_student:
+            return None
+        common = self.cfg.model_dump(mode="json", exclude={"arms", "seeds", "metering", "name"})
+        return config_hash({**common, "arm": self.cfg.arms[arm].model_dump(mode="json"), "data": self.data_files,
+                            "teacher": [self.key, teachers.teacher_weights(self.out_dir, self.key)]})
+
+    @classmethod
+    def make(cls, cfg, data_dir: Path, out_dir: Path, key: str, task=None, student=None, teacher=None) -> "Plan":
+        init = check_layers(cfg, task) if task is not None else {}
+        return cls(cfg, Path(data_dir), Path(out_dir), key, init, user_student=student is not None,
+                   user_teacher=teacher is not None, data_files=data_identity(cfg, Path(data_dir)))

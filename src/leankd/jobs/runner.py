@@ -1,0 +1,50 @@
+"""Runs one job: its steps in order, in this process or as a child process of the experiment.
+
+    python -m leankd.jobs.runner JOB.json RESULT.json     # what the experiment's local executor runs
+
+JOB.json is a `JobSpec`; RESULT.json receives the job's metrics, what it measured, extra and provenance (the
+parent adds the child's peak memory and builds the row's ledger). A user error exits with EXIT_USER after
+logging its one line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from leankd.errors import EXIT_USER, UserError
+from leankd.jobs.spec import JobSpec
+from leankd.jobs.steps import STEPS, Job
+from leankd.log import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def run_job(spec: JobSpec, model=None, teacher=None) -> dict:
+    """Run every step of `spec`; `model` / `teacher` are the caller's modules when spec says "user"."""
+    job = Job(spec, user_model=model, user_teacher=teacher)
+    try:
+        for step in STEPS:
+            step(job)
+    finally:
+        if job.distiller is not None:
+            job.distiller.close()  # hooks never outlive the job, even on an error (user modules run in-process)
+    return job.result()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    setup_logging()
+    spec = JobSpec.from_json(Path(argv[0]).read_text())
+    try:
+        result = run_job(spec)
+    except UserError as err:
+        log.error("%s", err)
+        return EXIT_USER
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

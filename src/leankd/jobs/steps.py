@@ -1,0 +1,203 @@
+"""The steps every job runs, in order, teacher and student alike: prepare -> distiller -> train -> evaluate ->
+meter -> save. Each reads the job spec (data decided at planning) and fills in the job's state.
+
+    job = Job(spec)
+    for step in STEPS:
+        step(job)
+    job.result()     # metrics, what was measured, extra, provenance: sent to the parent, which builds the row
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leankd.batching import to_device
+from leankd.config import ArmConfig, build_config
+from leankd.device import resolve_device
+from leankd.distill.distiller import Distiller
+from leankd.distill.ranking import load_or_rank
+from leankd.distill.selection import build_pairs, describe, teacher_indices
+from leankd.jobs.measure import count_train_flops, latency_figures
+from leankd.jobs.spec import JobSpec
+from leankd.metering.energy import EnergyMeter
+from leankd.metering.ledger import job_costs
+from leankd.metering.memory import cuda_peak_mb, current_rss_mb, reset_cuda_peak
+from leankd.metering.provenance import now_iso, provenance
+from leankd.models.checkpoint import load_weights, state_identity
+from leankd.models.registry import count_params, model_size_mb
+from leankd.precision import Precision
+from leankd.tasks import build_task
+from leankd.tasks.metrics import agreement
+from leankd.train import build_optimizer, build_scheduler, fit, predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One job's state, filled in step by step. `user_model` / `user_teacher`: the caller's modules."""
+    spec: JobSpec
+    user_model: object = None
+    user_teacher: torch.nn.Module | None = None
+    # filled by prepare: the resolved config, device, precision, optimiser settings, loss, task, models
+    cfg: object = None
+    device: torch.device | None = None
+    prec: Precision | None = None
+    optim: object = None
+    arm: ArmConfig | None = None
+    task: object = None
+    teacher: torch.nn.Module | None = None
+    model: torch.nn.Module | None = None
+    model_name: str = ""
+    baseline_mb: float = 0.0
+    started: str = ""
+    # filled by build_distiller, train, evaluate, meter, save
+    loader: object = None
+    distiller: Distiller | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+    ranking: dict | None = None
+    metrics: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def result(self) -> dict:
+        spec = self.spec
+        self.extra.update(method=self.arm.method, arm_config=_recorded_loss(self.arm, self.task.is_regression),
+                          layers=spec.init_layers, epochs=self.optim.epochs, precision=self.prec.name,
+                          precision_reason=self.prec.reason, device=str(self.device), from_checkpoint=not spec.train,
+                          train_samples=self.loader.num_samples, **spec.tags)
+        memory = {"baseline_rss_mb": self.baseline_mb, "cuda_peak_mb": cuda_peak_mb(self.device)}
+        return {"metrics": self.metrics, "costs": job_costs(memory=memory, **self.measured), "extra": self.extra,
+                "model": self.model_name, "task": self.task.name, "split": self.task.eval_split,
+                "ranking": self.ranking, "provenance": {**provenance(str(self.device), self.prec.name),
+                                                         "seed": spec.seed, "started_at": self.started,
+                                                         "ended_at": now_iso()}}
+
+
+def _recorded_loss(arm: ArmConfig, regression: bool) -> dict:
+    """The arm's loss settings as recorded; a regression task's kd has no temperature (it is an MSE)."""
+    out = arm.model_dump(mode="json")
+    if regression:
+        out["temperature"] = None
+    return out
+
+
+def prepare(job: Job) -> None:
+    """Config, device and precision (resolved once), the task, the teacher if the job uses one, the model."""
+    spec = job.spec
+    job.cfg = build_config(spec.config)
+    if job.cfg.threads:
+        torch.set_num_threads(job.cfg.threads)
+    job.baseline_mb, job.started = current_rss_mb(), now_iso()  # baseline after imports
+    job.device = resolve_device(job.cfg.device)
+    job.prec = Precision.create(job.cfg.precision, job.device)
+    reset_cuda_peak(job.device)
+    job.optim = job.cfg.teacher.train if spec.optim == "teacher.train" else job.cfg.train
+    job.arm = ArmConfig.model_validate(spec.loss)
+    job.task = build_task(job.cfg, Path(spec.data_dir), Path(spec.out_dir) / "cache")
+    if spec.user_teacher or spec.teacher_path:
+        teacher = job.user_teacher if spec.user_teacher else job.task.load(spec.teacher_path)[0]
+        job.teacher = teacher.to(job.device)
+    torch.manual_seed(spec.seed)  # model init; data randomness is a pure function of (seed, epoch, index)
+    if spec.model == "user":  # an nn.Module (copied per job) or a zero-arg factory
+        um = job.user_model
+        job.model = copy.deepcopy(um) if isinstance(um, torch.nn.Module) else um()
+        job.model_name = type(job.model).__name__
+    else:
+        job.model = job.task.build_model(spec.model, spec.init_layers, job.teacher)
+        job.model_name = spec.model if spec.init_layers is None else f"{spec.model}{spec.init_layers}"
+    if spec.weights:
+        load_weights(job.model, spec.weights)
+    job.model = job.model.to(job.device)
+    if job.optim.freeze_embeddings and hasattr(job.model, "get_input_embeddings"):
+        job.model.get_input_embeddings().requires_grad_(False)  # the optimiser then skips it (build_optimizer)
+
+
+def build_distiller(job: Job) -> None:
+    """The loss as a module (labels, teacher logits, layer pairs), its optimiser and LR schedule."""
+    spec, arm = job.spec, job.arm
+    teacher = job.teacher if spec.distil else None  # else the teacher only initialised the student's layers
+    job.loader = job.task.train_loader(job.optim.batch_size, spec.seed)
+    pairs = []
+    if arm.pairs:
+        if arm.pairs == "auto":
+            job.ranking = load_or_rank(job.task, teacher, Path(spec.ranking_dir), job.cfg.ranking, job.prec,
+                                       job.device, experiment=job.cfg.name)
+        pairs = build_pairs(arm, job.model, teacher, job.ranking["ranked"] if job.ranking else None)
+    example = to_device(job.loader.example(None, 2)[0], job.device) if pairs else None
+    job.distiller = Distiller(job.model, teacher, arm, job.optim.label_smoothing,
+                              regression=job.task.is_regression, pairs=pairs, example=example)
+    if pairs:
+        log.info("%s layer pairs (student <- teacher): %s", spec.arm, describe(pairs))
+        job.extra.update(layer_pairs=[p.to_dict() for p in pairs], layer_map=describe(pairs),
+                         teacher_layers=teacher_indices(pairs))
+    if job.ranking:
+        job.extra["ranking"] = {k: job.ranking[k] for k in ("by", "samples", "seconds", "path", "reused")}
+    job.optimizer = build_optimizer(job.distiller, job.optim)  # the student's parameters and the adapters
+    job.scheduler = build_scheduler(job.optimizer, job.optim, job.optim.epochs * len(job.loader))
+    log.info("%s: %s, %d train samples, %d epochs, precision %s (%s), device %s", spec.arm, job.model_name,
+             job.loader.num_samples, job.optim.epochs, job.prec.name, job.prec.reason, job.device)
+
+
+def train(job: Job) -> None:
+    """Count the run's FLOPs (nothing changes), then train under the energy meter; hooks removed after."""
+    try:
+        if not job.spec.train:  # a loaded or given model: evaluated and metered, not trained
+            flops, stats = {"train_flops": 0, "teacher_flops": 0}, {"train_s": 0.0, "epoch_loss": []}
+            energy = {"joules": None, "source": "unavailable"}
+        else:
+            flops = count_train_flops(job.distiller, job.optimizer, job.prec, job.loader, job.optim.epochs)
+            with EnergyMeter(job.device) as meter:
+                stats = fit(job.distiller, job.loader, job.optimizer, job.scheduler, job.prec, job.optim.epochs,
+                            job.device, tag=job.spec.tag)
+            energy = {"joules": meter.joules, "source": meter.source}
+    finally:
+        job.distiller.close()  # every hook removed before evaluation, latency and saving
+    job.measured.update(train={"train_s": stats["train_s"], "teacher_s": job.distiller.teacher_s},
+                        flops=flops, energy=energy)
+    job.extra.update(epoch_loss=stats["epoch_loss"], teacher_flops=flops["teacher_flops"])
+
+
+def evaluate(job: Job) -> None:
+    """Metrics of the final model on the report split (and any extra dev split), val, teacher agreement."""
+    spec, task, bs = job.spec, job.task, job.optim.batch_size
+    logits, labels = predict(job.model, task.eval_loader(task.eval_split, bs), job.prec, job.device)
+    job.metrics = task.metrics(logits, labels)
+    for split in task.extra_eval_splits:  # reported as <metric>_<split>, e.g. accuracy_dev_mismatched
+        scores = task.metrics(*predict(job.model, task.eval_loader(split, bs), job.prec, job.device))
+        job.metrics.update({f"{k}_{split}": v for k, v in scores.items()})
+    val_loader = task.eval_loader("val", bs)
+    if val_loader is not None:
+        job.extra["val_metrics"] = task.metrics(*predict(job.model, val_loader, job.prec, job.device))
+    if spec.eval_logits_out:
+        Path(spec.eval_logits_out).parent.mkdir(parents=True, exist_ok=True)
+        np.save(spec.eval_logits_out, logits)
+    if spec.agreement_with and Path(spec.agreement_with).is_file() and not task.is_regression:
+        job.metrics["agreement"] = agreement(logits, np.load(spec.agreement_with))
+
+
+def meter(job: Job) -> None:
+    """Inference latency at the training batch size and at 1; parameter count and size."""
+    loader = job.task.eval_loader(job.task.eval_split, job.optim.batch_size)
+    job.measured["latency"] = latency_figures(job.model, loader, job.optim.batch_size, job.prec, job.device,
+                                              job.cfg.metering)
+    job.measured["model_facts"] = {"params": count_params(job.model), "size_mb": model_size_mb(job.model)}
+
+
+def save(job: Job) -> None:
+    """The model (safetensors, or a save_pretrained folder for text) with a sidecar naming its weights hash."""
+    spec = job.spec
+    meta = {"model": job.model_name, "task": job.task.name, "arm": spec.arm, "seed": spec.seed,
+            "layers": spec.init_layers, "config": job.cfg.model_dump(mode="json"), "precision": job.prec.name,
+            "metrics": job.metrics, "key": spec.teacher_key, "weights": state_identity(job.model)}
+    job.extra["checkpoint"] = str(job.task.save(job.model, Path(spec.save_path), meta))
+    job.extra["weights"] = meta["weights"]
+
+
+STEPS = (prepare, build_distiller, train, evaluate, meter, save)

@@ -1,0 +1,71 @@
+"""The cost ledger of a row: every cost figure built here, in one place, each with where it came from.
+
+    figures = job_costs(...)                       # in the job: what was measured there
+    ledger = build_ledger(figures, child_peak_rss_mb=412.0, ranking=share)   # in the parent: the row's costs
+    ledger["total_s"], ledger["sources"]["peak_mem_mb"]
+
+The store and the report only read these figures. Definitions (docs/results-schema.md):
+  total_s = train_s + cache_share_s + ranking_share_s   (teacher_s is a breakdown of train_s, never added)
+  ranking_share_s: the seconds of the layer ranking an `auto` arm uses, divided by the number of jobs of the
+  experiment that made it which use it (0 when it was made by an earlier experiment: charged there).
+"""
+from __future__ import annotations
+
+FIGURES = ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s", "train_flops",
+           "infer_batch_size", "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1", "infer_ms_p90_b1",
+           "peak_mem_mb", "peak_mem_source", "energy_j", "energy_source", "params", "size_mb")
+PEAK_CUDA = "torch.cuda.max_memory_allocated"
+PEAK_CHILD = "child peak RSS minus baseline"
+PEAK_NONE = "unavailable (not run in its own process: metering.isolate_arms=false or user modules)"
+PEAK_MEM_SOURCES = (PEAK_CUDA, PEAK_CHILD, PEAK_NONE)
+ENERGY_SOURCES = ("nvml", "rapl", "unavailable")  # what leankd.metering.energy.EnergyMeter reports
+TIMER = "wall clock, device synchronised at start and end of the step loop"
+
+
+def job_costs(train: dict, flops: dict, latency: dict, energy: dict, model_facts: dict, memory: dict) -> dict:
+    """What a job measured, as plain numbers (sent from the child job to the parent)."""
+    return {"train_s": train["train_s"], "teacher_s": train["teacher_s"], "train_flops": flops["train_flops"],
+            "teacher_flops": flops["teacher_flops"], **latency, "energy_j": energy["joules"],
+            "energy_source": energy["source"], **model_facts, **memory}
+
+
+def ranking_share(ranking: dict | None, experiment: str, users: int) -> tuple[float, str]:
+    """(seconds charged to one job using `ranking`, the rule) for a job of `experiment`."""
+    if ranking is None:
+        return 0.0, "no layer ranking used"
+    made_for = ranking.get("experiment")
+    if made_for != experiment:
+        return 0.0, f"ranking reused from experiment '{made_for}' ({ranking['seconds']:.1f} s charged there)"
+    return ranking["seconds"] / users, f"ranking {ranking['seconds']:.1f} s / {users} job(s) of this experiment"
+
+
+def peak_memory(costs: dict, child_peak_rss_mb: float | None) -> tuple[float | None, str]:
+    """CUDA: the allocator's peak; CPU: the child process's peak RSS less its baseline after imports."""
+    if costs.get("cuda_peak_mb") is not None:
+        return costs["cuda_peak_mb"], PEAK_CUDA
+    if child_peak_rss_mb is None:
+        return None, PEAK_NONE
+    return max(0.0, child_peak_rss_mb - costs["baseline_rss_mb"]), PEAK_CHILD
+
+
+def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[float, str]) -> dict:
+    """Every cost column of a row, plus `sources` (figure -> where it came from)."""
+    peak, peak_source = peak_memory(costs, child_peak_rss_mb)
+    ranking_s, ranking_rule = ranking
+    cache_s = 0.0  # the teacher is run online: no cache build to share
+    ledger = {"train_s": costs["train_s"], "teacher_s": costs["teacher_s"], "cache_share_s": cache_s,
+              "ranking_share_s": ranking_s, "total_s": costs["train_s"] + cache_s + ranking_s,
+              "train_flops": costs["train_flops"], "peak_mem_mb": peak, "peak_mem_source": peak_source,
+              "energy_j": costs["energy_j"], "energy_source": costs["energy_source"]}
+    ledger.update({k: costs[k] for k in ("infer_batch_size", "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1",
+                                         "infer_ms_p90_b1", "params", "size_mb")})
+    ledger["sources"] = {
+        "train_s": TIMER + " (evaluation, FLOP counting and saving excluded)",
+        "teacher_s": "teacher forwards inside train_s (device timer)" if costs["teacher_s"] else "no teacher forwards",
+        "cache_share_s": "online teacher: no cache", "ranking_share_s": ranking_rule,
+        "total_s": "train_s + cache_share_s + ranking_share_s",
+        "train_flops": "torch FlopCounterMode on one real step per input shape, scaled by samples",
+        "infer_ms": "p50/p90 of timed batches after warm-up, eval mode, device synchronised",
+        "peak_mem_mb": peak_source, "energy_j": costs["energy_source"],
+        "size_mb": "parameter + buffer bytes at the saved dtypes"}
+    return ledger
