@@ -1,6 +1,6 @@
 """Planning an experiment: which jobs it has and what each one is, decided once, as job specs.
 
-    plan = Plan.make(cfg, data_dir, out_dir, key)   # validates every arm's layers against the real models
+    plan = Plan.make(cfg, data_dir, out_dir, task)   # validates every arm's layers against the real models
     plan.teacher_job()                               # the JobSpec that trains (or loads) the teacher
     plan.student_job("kd", seed=0)                   # a JobSpec per arm x seed
     plan.row_identity("kd")                          # settings + data files + teacher weights: the row's identity
@@ -107,7 +107,9 @@ class Plan:
                             "teacher": [self.key, teachers.teacher_weights(self.out_dir, self.key)]})
 
     @classmethod
-    def make(cls, cfg, data_dir: Path, out_dir: Path, key: str, task=None, student=None, teacher=None) -> "Plan":
+    def make(cls, cfg, data_dir: Path, out_dir: Path, task=None, student=None, teacher=None) -> "Plan":
+        """The plan of `cfg`; with `task`, every arm's layers are checked against the real models first."""
         init = check_layers(cfg, task) if task is not None else {}
-        return cls(cfg, Path(data_dir), Path(out_dir), key, init, user_student=student is not None,
-                   user_teacher=teacher is not None, data_files=data_identity(cfg, Path(data_dir)))
+        files = data_identity(cfg, Path(data_dir))  # content hashes: hashed once per experiment
+        return cls(cfg, Path(data_dir), Path(out_dir), teachers.teacher_key(cfg, files, teacher), init,
+                   user_student=student is not None, user_teacher=teacher is not None, data_files=files)

@@ -74,7 +74,7 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
     out_dir = Path(out_dir)
     user = student is not None or teacher is not None
     task = None if user else build_task(cfg, data_dir)  # layer names are checked against the real models
-    plan = Plan.make(cfg, data_dir, out_dir, teachers.teacher_key(cfg, data_dir, teacher), task, student, teacher)
+    plan = Plan.make(cfg, data_dir, out_dir, task, student, teacher)
     store = ResultsStore(out_dir / "results.db")
     save_config(cfg, out_dir / "configs" / f"{cfg.name}-{cfg.hash()}.yaml")
     if user:
@@ -129,7 +129,7 @@ def obtain_teacher(cfg, data_dir: str | Path | None, out_dir: str | Path) -> tup
     data_dir = resolve_data_dir(data_dir)
     check_data(cfg, data_dir)
     out_dir = Path(out_dir)
-    plan = Plan.make(cfg, data_dir, out_dir, teachers.teacher_key(cfg, data_dir))
+    plan = Plan.make(cfg, data_dir, out_dir)
     if not teachers.is_stored(out_dir, plan.key):
         with tempfile.TemporaryDirectory(prefix="leankd-") as tmp:
             ensure_teacher(plan, ResultsStore(out_dir / "results.db"), run_isolated, Path(tmp))

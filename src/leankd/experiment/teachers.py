@@ -1,7 +1,7 @@
 """Stored teachers: a teacher trained (or loaded) once is kept under `<out>/teachers/<key>/` and reused by any
 experiment with the same key (its config, the identity of its data files, its checkpoint or module weights).
 
-    key = teacher_key(cfg, data_dir)
+    key = teacher_key(cfg, data_identity(cfg, data_dir))
     if not is_stored(out_dir, key): ...run the teacher job...
     teacher_weights(out_dir, key)      # hash of the stored weights: part of every student row's identity
 """
@@ -16,12 +16,12 @@ from leankd.config import config_hash
 from leankd.data.files import file_identity
 from leankd.errors import CheckpointError
 from leankd.models.checkpoint import state_identity
-from leankd.tasks import data_identity
 
 
-def teacher_key(cfg, data_dir: Path, module: torch.nn.Module | None = None) -> str:
+def teacher_key(cfg, data_files: list[str], module: torch.nn.Module | None = None) -> str:
+    """Hash of the teacher's settings, the data files' identities, and its checkpoint file or module weights."""
     ident = {"teacher": cfg.teacher.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-             "precision": cfg.precision, "files": data_identity(cfg, data_dir)}
+             "precision": cfg.precision, "files": data_files}
     if cfg.teacher.checkpoint:
         if not Path(cfg.teacher.checkpoint).is_file():
             raise CheckpointError(f"checkpoint error: teacher.checkpoint '{cfg.teacher.checkpoint}' not found")

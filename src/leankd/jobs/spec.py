@@ -10,7 +10,7 @@ It travels to the child process as JSON (`to_json` / `from_json`).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass
@@ -36,7 +36,6 @@ class JobSpec:
     agreement_with: str | None = None    # compare eval predictions with these logits
     ranking_dir: str | None = None   # pairs=auto: where the teacher's layer ranking is stored
     ranking_users: int = 1           # jobs of this experiment that share the ranking's cost
-    tags: dict = field(default_factory=dict)  # recorded in the row's extra as is
 
     @property
     def tag(self) -> str:

@@ -71,7 +71,7 @@ class Job:
         self.extra.update(method=self.arm.method, arm_config=_recorded_loss(self.arm, self.task.is_regression),
                           layers=spec.init_layers, epochs=self.optim.epochs, precision=self.prec.name,
                           precision_reason=self.prec.reason, device=str(self.device), from_checkpoint=not spec.train,
-                          train_samples=self.loader.num_samples, **spec.tags)
+                          train_samples=self.loader.num_samples)
         memory = {"baseline_rss_mb": self.baseline_mb, "cuda_peak_mb": cuda_peak_mb(self.device)}
         return {"metrics": self.metrics, "costs": job_costs(memory=memory, **self.measured), "extra": self.extra,
                 "model": self.model_name, "task": self.task.name, "split": self.task.eval_split,
