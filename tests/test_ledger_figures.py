@@ -148,11 +148,3 @@ def test_device_timer_on_cuda_records_events_and_syncs_once_when_read(monkeypatc
     assert syncs == []  # no per-step sync
     assert timer.seconds == pytest.approx(50 * 1000.0 / 1000.0) and len(syncs) == 1
     assert timer.seconds == pytest.approx(50.0) and len(syncs) == 1  # already summed: no second sync
-
-
-def test_schema_docs_list_every_column():
-    from leankd.results.store import COLUMN_NAMES
-
-    docs = (REPO / "docs" / "results-schema.md").read_text()
-    for col in ("id",) + COLUMN_NAMES:
-        assert f"| `{col}` |" in docs, col

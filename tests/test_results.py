@@ -97,7 +97,8 @@ def test_ranking_share_and_sources_round_trip(tmp_path: Path):
 
 def test_version_1_file_gains_the_new_columns(tmp_path: Path):
     path = tmp_path / "v1.db"
-    v1 = [(n, t) for n, t in store_mod.COLUMNS if n not in ("ranking_share_s", "sources")]
+    v1 = [(n, t) for n, t in store_mod.COLUMNS
+          if n not in ("ranking_share_s", "sources", "cache_share_flops", "total_flops")]
     with sqlite3.connect(path) as conn:  # a file as version 1 of the store wrote it
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
@@ -109,10 +110,11 @@ def test_version_1_file_gains_the_new_columns(tmp_path: Path):
     s.insert({"experiment": EXP, "role": "student", "arm": "kd", "seed": 1, "ranking_share_s": 0.5,
               "sources": {"train_s": TIMER}})
     old, new = s.rows(EXP)
-    assert (old["train_s"], old["ranking_share_s"], old["sources"]) == (2.0, None, None)
+    assert (old["train_s"], old["ranking_share_s"], old["sources"], old["total_flops"]) == (2.0, None, None, None)
     assert (new["ranking_share_s"], new["sources"]) == (0.5, {"train_s": TIMER})
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+        version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    assert version == str(store_mod.SCHEMA_VERSION) == "3"
     conn.close()
     ResultsStore(path)  # reopening the migrated file is fine
 

@@ -5,6 +5,7 @@
     leankd eval runs/students/<experiment>/kd-seed0.safetensors [--data-dir DIR]   (or a text model folder)
     leankd layers resnet20 | minilm-l6 | CONFIG            (candidate layers: index, module name, output shape)
     leankd layers CONFIG --rank [--out runs]               (teacher layers ranked by measured importance)
+    leankd cache ls | rm NAME... [--out runs]              (teacher-output caches and their sizes)
 
 User mistakes (config, data, checkpoint, NaN loss: `leankd.errors.UserError`) print one line naming the problem
 and the fix, and exit with status 2; nothing already written is lost. Nothing imports this module.
@@ -180,6 +181,31 @@ def _rank(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from leankd.distill.cache import list_caches, remove_cache
+
+    root = Path(args.out) / "cache" / "teacher"
+    if args.action == "rm":
+        if not args.names:
+            raise ConfigError("config error: `leankd cache rm` needs the name(s) of caches to remove "
+                              "(see `leankd cache ls`)")
+        for name in args.names:
+            print(f"removed {name}: {remove_cache(root, name) / 2**20:.1f} MiB freed")
+        return 0
+    caches = list_caches(root)
+    if not caches:
+        print(f"no teacher caches under {root}")
+        return 0
+    print(f"{'name':<14} {'valid':<6} {'MiB':>8}  {'views':>5}  {'precision':<9} {'dtype':<8} created")
+    for c in caches:
+        key = c["key"] or {}
+        print(f"{c['name']:<14} {'yes' if c['valid'] else 'NO':<6} {c['bytes'] / 2**20:>8.2f}  "
+              f"{key.get('views', '?'):>5}  {key.get('precision', '?'):<9} {key.get('dtype', '?'):<8} "
+              f"{c['created_at'] or '?'}")
+    print(f"{len(caches)} cache(s), {sum(c['bytes'] for c in caches) / 2**20:.1f} MiB under {root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leankd", description="Knowledge distillation at minimal compute, "
                                 "with an honest cost ledger.")
@@ -218,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--data-dir", default=None, help="data directory (default: $LEANKD_DATA_DIR)")
     ly.add_argument("--recompute", action="store_true", help="rank again even if a ranking is stored")
     ly.set_defaults(func=cmd_layers)
+
+    ca = sub.add_parser("cache", help="list or remove teacher-output caches (with their sizes)")
+    ca.add_argument("action", choices=["ls", "rm"], help="ls: list caches; rm NAME...: remove them")
+    ca.add_argument("names", nargs="*", help="for rm: cache names as `leankd cache ls` prints them")
+    ca.add_argument("--out", default="runs", help="folder holding cache/teacher/ (default: runs)")
+    ca.set_defaults(func=cmd_cache)
     return p
 
 

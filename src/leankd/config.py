@@ -22,6 +22,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _on_off(value: Any) -> Any:
+    """YAML reads bare `on` / `off` as booleans: take them back as the words the user wrote."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class DataConfig(_Strict):
     dataset: Literal["cifar10", "glue"] = "cifar10"
     task: str | None = Field(None, description="GLUE task (sst2, mrpc, rte, cola, stsb, wnli, qnli, ...)")
@@ -97,6 +102,9 @@ class ArmConfig(_Strict):
     relations: list[Literal["qq", "kk", "vv", "qk"]] = Field(
         ["qq", "kk", "vv"], description="attention_relation: MiniLMv2 Q-Q/K-K/V-V; qk = attention (MiniLM v1)")
     relation_heads: int | None = Field(None, gt=0, description="attention_relation heads (default: teacher's)")
+    cache: Literal["auto", "on", "off"] | None = Field(None, description="this arm's teacher cache mode "
+                                                       "(default: cache.mode)")
+    _cache_words = field_validator("cache", mode="before")(_on_off)
 
     @model_validator(mode="after")
     def _pairs(self) -> "ArmConfig":
@@ -121,6 +129,19 @@ class RankingConfig(_Strict):
     batch_size: int = Field(128, gt=0)
 
 
+class CacheConfig(_Strict):
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto", description="teacher outputs read from a cache built once: auto = when >= 2 jobs share it or a "
+        "valid one exists; on; off = the teacher runs online every step")
+    _mode_words = field_validator("mode", mode="before")(_on_off)
+    views: int | None = Field(None, gt=0, description="augmentation views cached per sample (default: train.epochs; "
+                              "text: 1)")
+    seed: int = Field(0, description="the augmentation seed of the views (every arm's inputs depend on it)")
+    dtype: Literal["float32", "float16"] = Field("float32", description="stored logits dtype (float32: exactly "
+                                                  "what the online teacher gives)")
+    batch_size: int | None = Field(None, gt=0, description="teacher batch for the build (default: 4x train)")
+
+
 class MeteringConfig(_Strict):
     latency_batches: int = Field(20, ge=20, description="timed batches per latency figure (>= 20)")
     latency_warmup: int = Field(3, ge=1)
@@ -140,6 +161,7 @@ class ExperimentConfig(_Strict):
     threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: torch's choice)")
     metering: MeteringConfig = MeteringConfig()
     ranking: RankingConfig = RankingConfig()
+    cache: CacheConfig = CacheConfig()
 
     @field_validator("seeds")
     @classmethod

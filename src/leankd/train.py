@@ -73,10 +73,10 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
                    unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0)
         loss_sum, n_steps = torch.zeros((), device=device), 0
         bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, on device
-        for step, (x, y) in enumerate(loader.epoch(epoch)):
+        for step, (x, y, key) in enumerate(loader.keyed_epoch(epoch)):
             x, y = to_device(x, device), y.to(device, non_blocking=True)
             with precision.autocast():
-                out = distiller(x, y)
+                out = distiller(x, y, key)  # key (sample indices, views): for a cached teacher's lookups
             loss = out["loss"]
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step, bad_step)
             if step % every == 0:

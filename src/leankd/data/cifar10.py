@@ -87,8 +87,8 @@ def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
     return ((x_uint8.float() - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def augment(x: torch.Tensor, seed: int, epoch: int, index: np.ndarray, pad: int = 4) -> torch.Tensor:
-    """Random crop with `pad`-pixel zero padding + horizontal flip, per sample, from (seed, epoch, index)."""
+def augment(x: torch.Tensor, seed: int, epoch: int | np.ndarray, index: np.ndarray, pad: int = 4) -> torch.Tensor:
+    """Random crop with `pad`-pixel zero padding + horizontal flip, per sample, from (seed, epoch or view, index)."""
     b, c, h, w = x.shape
     dx = torch.from_numpy(rnd.randint(seed, epoch, index, rnd.STREAM_CROP_X, 2 * pad + 1))
     dy = torch.from_numpy(rnd.randint(seed, epoch, index, rnd.STREAM_CROP_Y, 2 * pad + 1))
@@ -101,12 +101,17 @@ def augment(x: torch.Tensor, seed: int, epoch: int, index: np.ndarray, pad: int 
 
 
 class VisionLoader:
-    """Batches of (normalised float images, labels) from uint8 arrays; no worker processes needed."""
+    """Batches of (normalised float images, labels) from uint8 arrays; no worker processes needed.
+
+    Augmentation is a pure function of (aug_seed, view, sample index); in epoch e sample i gets view
+    `view_of(seed, e, i, views)`, so every sample sees each of `views` views once before any repeats and a
+    teacher cache of those views holds the teacher's output for exactly the student's input."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
-                 augment: bool = False, shuffle: bool = False):
+                 augment: bool = False, shuffle: bool = False, views: int = 1, aug_seed: int = 0):
         self.images, self.labels = torch.from_numpy(images), torch.from_numpy(labels)
         self.batch_size, self.seed, self.augment, self.shuffle = batch_size, seed, augment, shuffle
+        self.views, self.aug_seed = views, aug_seed
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -120,18 +125,27 @@ class VisionLoader:
         return {(3, 32, 32): epochs * len(self.labels)}
 
     def example(self, shape, batch: int):
-        """A real (inputs, labels) batch of `batch` samples at `shape`, for FLOP counting and latency."""
-        reps = -(-batch // len(self.labels))  # tile a small slice up to the batch size
-        idx = torch.arange(batch) % len(self.labels) if reps > 1 else torch.arange(batch)
-        return normalise(self.images[idx]), self.labels[idx]
+        """A real (inputs, labels, key) batch of `batch` samples at `shape` (view 0), for FLOP counting and
+        latency; a small slice is tiled up to the batch size."""
+        idx = np.arange(batch) % len(self.labels)
+        return self.inputs(idx, 0), self.labels[torch.from_numpy(idx)], {"index": idx, "view": np.zeros_like(idx)}
 
-    def epoch(self, epoch: int):
+    def inputs(self, idx: np.ndarray, view: np.ndarray | int) -> torch.Tensor:
+        """The normalised inputs of samples `idx` in `view` (a scalar or one view per sample)."""
+        x = self.images[torch.from_numpy(idx)]
+        if self.augment:
+            x = augment(x, self.aug_seed, np.broadcast_to(view, idx.shape), idx)
+        return normalise(x)
+
+    def keyed_epoch(self, epoch: int):
+        """(inputs, labels, key) batches; key = {"index": sample indices, "view": their views this epoch}."""
         n = len(self.labels)
         order = rnd.shuffle_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            t = torch.from_numpy(idx)
-            x = self.images[t]
-            if self.augment:
-                x = augment(x, self.seed, epoch, idx)
-            yield normalise(x), self.labels[t]
+            view = rnd.view_of(self.seed, epoch, idx, self.views)
+            yield self.inputs(idx, view), self.labels[torch.from_numpy(idx)], {"index": idx, "view": view}
+
+    def epoch(self, epoch: int):
+        for x, y, _ in self.keyed_epoch(epoch):
+            yield x, y

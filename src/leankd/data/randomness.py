@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STREAM_SHUFFLE, STREAM_CROP_X, STREAM_CROP_Y, STREAM_FLIP = 1, 2, 3, 4
+STREAM_SHUFFLE, STREAM_CROP_X, STREAM_CROP_Y, STREAM_FLIP, STREAM_VIEW = 1, 2, 3, 4, 6  # 5: text batch order
 _M = 0xFFFFFFFFFFFFFFFF
 
 
@@ -25,11 +25,12 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
     return z
 
 
-def hash64(seed: int, epoch: int, index: np.ndarray, stream: int) -> np.ndarray:
-    """64-bit hash of (seed, epoch, index, stream); vectorised over `index`."""
-    key = _splitmix64(np.array([(seed * 0x9E3779B97F4A7C15 + epoch * 0xD1B54A32D192ED03
-                                 + stream * 0x8CB92BA72F3D8DD7) & _M], dtype=np.uint64))[0]
+def hash64(seed: int, epoch: int | np.ndarray, index: np.ndarray, stream: int) -> np.ndarray:
+    """64-bit hash of (seed, epoch, index, stream); vectorised over `index` (and `epoch`, e.g. per-sample views)."""
     with np.errstate(over="ignore"):
+        key = (np.uint64((seed * 0x9E3779B97F4A7C15 + stream * 0x8CB92BA72F3D8DD7) & _M)
+               + np.asarray(epoch, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03))  # wraps mod 2**64
+        key = _splitmix64(np.atleast_1d(key))
         return _splitmix64(np.asarray(index, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ key)
 
 
@@ -40,6 +41,13 @@ def uniform(seed: int, epoch: int, index: np.ndarray, stream: int) -> np.ndarray
 
 def randint(seed: int, epoch: int, index: np.ndarray, stream: int, high: int) -> np.ndarray:
     return np.minimum((uniform(seed, epoch, index, stream) * high).astype(np.int64), high - 1)
+
+
+def view_of(seed: int, epoch: int, index: np.ndarray, views: int) -> np.ndarray:
+    """The augmentation view each sample gets in `epoch`: a per-sample rotation of range(views), so a sample
+    sees every view once in epochs 0..views-1 before any repeats (the teacher cache holds one output per view)."""
+    offset = (hash64(seed, 0, index, STREAM_VIEW) % np.uint64(views)).astype(np.int64)
+    return (epoch + offset) % views
 
 
 def shuffle_order(n: int, seed: int, epoch: int) -> np.ndarray:

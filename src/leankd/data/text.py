@@ -93,9 +93,18 @@ class TextLoader:
             mask[row, :k] = 1
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
 
-    def epoch(self, epoch: int):
+    def inputs(self, idx: np.ndarray, view: np.ndarray | int = 0) -> dict[str, torch.Tensor]:
+        """The inputs of samples `idx` padded to their longest (text has one view: no augmentation)."""
+        return self.collate(idx)
+
+    def keyed_epoch(self, epoch: int):
+        """(inputs, labels, key) batches; key = {"index": sample indices, "view": zeros (one view)}."""
         for idx in self.batches(epoch):
-            yield self.collate(idx), self.labels[torch.from_numpy(idx)]
+            yield self.collate(idx), self.labels[torch.from_numpy(idx)], {"index": idx, "view": np.zeros_like(idx)}
+
+    def epoch(self, epoch: int):
+        for x, y, _ in self.keyed_epoch(epoch):
+            yield x, y
 
     def samples_per_shape(self, epochs: int) -> dict[int, int]:
         """Samples processed per padded length over `epochs` epochs (FLOPs depend on it)."""
@@ -107,6 +116,7 @@ class TextLoader:
         return counts
 
     def example(self, shape: int | None, batch: int):
-        """Real samples padded (or truncated) to length `shape` (None: their own longest)."""
+        """Real (inputs, labels, key) of `batch` samples padded (or truncated) to length `shape` (None: their
+        own longest)."""
         idx = np.arange(batch) % len(self.ids)
-        return self.collate(idx, shape), self.labels[torch.from_numpy(idx)]
+        return self.collate(idx, shape), self.labels[torch.from_numpy(idx)], {"index": idx, "view": np.zeros_like(idx)}

@@ -34,12 +34,15 @@ def freeze(model: nn.Module) -> nn.Module:
 
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, arm, label_smoothing: float = 0.0,
-                 regression: bool = False, pairs=(), example=None):
+                 regression: bool = False, pairs=(), example=None, cached=None):
         super().__init__()
         self.student, self.arm, self.label_smoothing, self.regression = student, arm, label_smoothing, regression
         self.needs_teacher = arm.method != "plain"
-        if self.needs_teacher and teacher is None:
-            raise ValueError(f"arm method '{arm.method}' needs a teacher")
+        self.cached = cached  # key -> the teacher's logits for that batch, read from a teacher cache
+        if self.needs_teacher and teacher is None and cached is None:
+            raise ValueError(f"arm method '{arm.method}' needs a teacher or a teacher cache")
+        if cached is not None and (pairs or arm.method != "kd"):
+            raise ValueError("a teacher cache holds logits only: layer pairs need the teacher online")
         # Kept outside the module tree so .train()/.parameters()/state_dict() never touch the teacher.
         self.__dict__["teacher"] = freeze(teacher) if (teacher is not None and self.needs_teacher) else None
         self._teacher_timer: Timer | None = None  # made on the first teacher forward, on the input's device
@@ -119,12 +122,13 @@ class Distiller(nn.Module):
             terms[p.loss] = terms.get(p.loss, 0.0) + p.weight * value
         return terms
 
-    def forward(self, x, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x, y: torch.Tensor, key: dict | None = None) -> dict[str, torch.Tensor]:
+        """key: the batch's {"index", "view"} (from `loader.keyed_epoch`), needed only with a teacher cache."""
         logits = logits_of(self.student, x)
         if not self.needs_teacher:
             return {"loss": losses.label_loss(logits, y, self.regression, self.label_smoothing), "logits": logits}
         s_feats = self.s_taps.pop() if self.s_taps is not None else {}
-        t_logits, t_feats = self.teacher_outputs(x)
+        t_logits, t_feats = (self.cached(key), {}) if self.cached is not None else self.teacher_outputs(x)
         if self.arm.method == "features":  # the labels' loss; the teacher speaks through features only
             out = {"loss": losses.label_loss(logits, y, self.regression, self.label_smoothing)}
         elif self.regression:  # STS-B: match the teacher's prediction (MSE) beside the gold score

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leankd.config import ArmConfig, config_hash
+from leankd.distill.cache import TeacherCache
 from leankd.distill.selection import init_layer_indices, layer_map, preset_layers
 from leankd.distill.taps import candidate_layers, qkv_modules
 from leankd.errors import ModelError
@@ -67,6 +68,55 @@ class Plan:
         return JobSpec(config=self.cfg.model_dump(mode="json"), data_dir=str(self.data_dir),
                        out_dir=str(self.out_dir.resolve()), teacher_key=self.key, **kw)
 
+    def views(self, epochs: int) -> int:
+        """Augmentation views of the training data: one per epoch (or cache.views); text or no augmentation: 1."""
+        if self.cfg.data.dataset == "glue" or not self.cfg.data.augment:
+            return 1
+        return self.cfg.cache.views or epochs
+
+    def cache_key(self) -> dict:
+        """Everything the cached teacher outputs depend on."""
+        from leankd.device import resolve_device
+        from leankd.precision import resolve
+
+        cfg = self.cfg
+        return {"teacher": self.key, "weights": teachers.teacher_weights(self.out_dir, self.key),
+                "data": self.data_files, "data_settings": cfg.data.model_dump(mode="json"),
+                "views": self.views(cfg.train.epochs), "aug_seed": cfg.cache.seed, "targets": ["logits"],
+                "precision": resolve(cfg.precision, resolve_device(cfg.device))[0], "dtype": cfg.cache.dtype}
+
+    def cache_users(self) -> list[str]:
+        """Arms whose jobs read the teacher from the cache, and (per arm) why or why not."""
+        return [a for a in self.cfg.arms if self.teacher_source(a)[0]]
+
+    def teacher_source(self, arm: str) -> tuple[bool, str]:
+        """(read the teacher from the cache, why) for `arm`; the reason is recorded in its rows."""
+        acfg, cfg = self.cfg.arms[arm], self.cfg
+        if acfg.method == "plain":
+            return False, "none: a plain arm runs no teacher"
+        if acfg.pairs or acfg.method != "kd":
+            return False, "online: layer pairs need the teacher's features (only logits are cached)"
+        mode = acfg.cache or cfg.cache.mode
+        if mode != "auto":
+            return mode == "on", f"{'cache' if mode == 'on' else 'online'}: cache mode {mode}"
+        cacheable = [a for a, c in cfg.arms.items() if c.method == "kd" and not c.pairs
+                     and (c.cache or cfg.cache.mode) in ("auto", "on")]
+        jobs = len(cacheable) * len(cfg.seeds)
+        if jobs >= 2:
+            return True, f"cache: auto, {jobs} jobs of this experiment share it"
+        if TeacherCache(self.out_dir / "cache" / "teacher", self.cache_key()).is_valid():
+            return True, "cache: auto, a valid cache for this teacher and data exists"
+        return False, "online: auto, a cache would serve one job only"
+
+    def _cache_spec(self, arm: str) -> tuple[dict | None, str]:
+        use, why = self.teacher_source(arm)
+        if not use:
+            return None, why
+        cfg = self.cfg
+        return {"root": str((self.out_dir / "cache" / "teacher").resolve()), "key": self.cache_key(),
+                "dtype": cfg.cache.dtype, "batch_size": cfg.cache.batch_size or 4 * cfg.train.batch_size,
+                "users": len(self.cache_users()) * len(cfg.seeds)}, why
+
     def teacher_job(self) -> JobSpec:
         cfg = self.cfg
         given = self.user_teacher or cfg.teacher.checkpoint is not None
@@ -74,13 +124,14 @@ class Plan:
                           loss=ArmConfig(method="plain").model_dump(mode="json"),
                           model="user" if self.user_teacher else cfg.teacher.model,
                           save_path=str(teachers.model_path(self.out_dir, self.key)),
-                          weights=cfg.teacher.checkpoint, train=not given,
+                          weights=cfg.teacher.checkpoint, train=not given, views=self.views(cfg.teacher.train.epochs),
                           eval_logits_out=str(teachers.eval_logits_path(self.out_dir, self.key)))
 
     def student_job(self, arm: str, seed: int) -> JobSpec:
         cfg, acfg = self.cfg, self.cfg.arms[arm]
         loads_teacher = uses_teacher(cfg, acfg)
         init = self.init_layers.get(arm)
+        cache, source = self._cache_spec(arm)
         return self._spec(role="student", arm=arm, seed=seed, optim="train", loss=acfg.model_dump(mode="json"),
                           model="user" if self.user_student else cfg.teacher.model if init else cfg.student.model,
                           save_path=str(self.out_dir / "students" / cfg.name / f"{arm}-seed{seed}"),
@@ -90,7 +141,8 @@ class Plan:
                           distil=acfg.method != "plain",
                           agreement_with=str(teachers.eval_logits_path(self.out_dir, self.key)),
                           ranking_dir=str(teachers.teacher_dir(self.out_dir, self.key)) if acfg.pairs == "auto"
-                          else None, ranking_users=self.ranking_users())
+                          else None, ranking_users=self.ranking_users(), views=self.views(cfg.train.epochs),
+                          cache=cache, teacher_source=source)
 
     def ranking_users(self) -> int:
         """Jobs of this experiment that use the teacher's layer ranking (share its cost)."""

@@ -22,16 +22,16 @@ def count_train_flops(distiller, optimizer, precision, loader, epochs: int) -> d
     b0 = 2
     device = next(distiller.student.parameters()).device
     for shape, n_samples in loader.samples_per_shape(epochs).items():
-        x, y = loader.example(shape, b0)
+        x, y, key = loader.example(shape, b0)
         x, y = to_device(x, device), y.to(device)
 
         def step():
             with precision.autocast():
-                out = distiller(x, y)
+                out = distiller(x, y, key)
             out["loss"].backward()
 
         total += n_samples * count_flops(step, distiller, optimizers=[optimizer]) // b0
-        if distiller.needs_teacher:  # the distiller's own teacher forward: truncated when features-only
+        if distiller.teacher is not None:  # the online teacher forward (truncated when features-only)
             teacher_total += n_samples * count_flops(lambda: distiller.teacher_outputs(x)) // b0
     distiller.reset_teacher_time()  # counting is not training: its teacher seconds are not charged
     return {"train_flops": total, "teacher_flops": teacher_total}

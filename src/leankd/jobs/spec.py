@@ -36,6 +36,9 @@ class JobSpec:
     agreement_with: str | None = None    # compare eval predictions with these logits
     ranking_dir: str | None = None   # pairs=auto: where the teacher's layer ranking is stored
     ranking_users: int = 1           # jobs of this experiment that share the ranking's cost
+    views: int = 1                   # augmentation views of the training data (the teacher cache's views)
+    cache: dict | None = None        # read the teacher from this cache: {"root", "key", "dtype", "batch_size", "users"}
+    teacher_source: str = ""         # why the teacher is cached, online or unused (recorded in the row)
 
     @property
     def tag(self) -> str:

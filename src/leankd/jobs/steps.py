@@ -1,5 +1,5 @@
-"""The steps every job runs, in order, teacher and student alike: prepare -> distiller -> train -> evaluate ->
-meter -> save. Each reads the job spec (data decided at planning) and fills in the job's state.
+"""The steps every job runs, in order, teacher and student alike: prepare -> teacher cache -> distiller -> train ->
+evaluate -> meter -> save. Each reads the job spec (data decided at planning) and fills in the job's state.
 
     job = Job(spec)
     for step in STEPS:
@@ -24,6 +24,7 @@ from leankd.distill.ranking import load_or_rank
 from leankd.distill.selection import build_pairs, describe, teacher_indices
 from leankd.jobs.measure import count_train_flops, latency_figures
 from leankd.jobs.spec import JobSpec
+from leankd.jobs.teacher_cache import teacher_cache
 from leankd.metering.energy import EnergyMeter
 from leankd.metering.ledger import job_costs
 from leankd.metering.memory import cuda_peak_mb, current_rss_mb, reset_cuda_peak
@@ -59,6 +60,7 @@ class Job:
     # filled by build_distiller, train, evaluate, meter, save
     loader: object = None
     distiller: Distiller | None = None
+    cached: object = None  # teacher_cache: batch key -> the teacher's logits
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
     ranking: dict | None = None
@@ -71,6 +73,7 @@ class Job:
         self.extra.update(method=self.arm.method, arm_config=_recorded_loss(self.arm, self.task.is_regression),
                           layers=spec.init_layers, epochs=self.optim.epochs, precision=self.prec.name,
                           precision_reason=self.prec.reason, device=str(self.device), from_checkpoint=not spec.train,
+                          teacher_source=spec.teacher_source, views=spec.views,
                           train_samples=self.loader.num_samples)
         memory = {"baseline_rss_mb": self.baseline_mb, "cuda_peak_mb": cuda_peak_mb(self.device)}
         return {"metrics": self.metrics, "costs": job_costs(memory=memory, **self.measured), "extra": self.extra,
@@ -123,7 +126,7 @@ def build_distiller(job: Job) -> None:
     """The loss as a module (labels, teacher logits, layer pairs), its optimiser and LR schedule."""
     spec, arm = job.spec, job.arm
     teacher = job.teacher if spec.distil else None  # else the teacher only initialised the student's layers
-    job.loader = job.task.train_loader(job.optim.batch_size, spec.seed)
+    job.loader = job.task.train_loader(job.optim.batch_size, spec.seed, views=spec.views)
     pairs = []
     if arm.pairs:
         if arm.pairs == "auto":
@@ -132,7 +135,7 @@ def build_distiller(job: Job) -> None:
         pairs = build_pairs(arm, job.model, teacher, job.ranking["ranked"] if job.ranking else None)
     example = to_device(job.loader.example(None, 2)[0], job.device) if pairs else None
     job.distiller = Distiller(job.model, teacher, arm, job.optim.label_smoothing,
-                              regression=job.task.is_regression, pairs=pairs, example=example)
+                              regression=job.task.is_regression, pairs=pairs, example=example, cached=job.cached)
     if pairs:
         log.info("%s layer pairs (student <- teacher): %s", spec.arm, describe(pairs))
         job.extra.update(layer_pairs=[p.to_dict() for p in pairs], layer_map=describe(pairs),
@@ -200,4 +203,4 @@ def save(job: Job) -> None:
     job.extra["weights"] = meta["weights"]
 
 
-STEPS = (prepare, build_distiller, train, evaluate, meter, save)
+STEPS = (prepare, teacher_cache, build_distiller, train, evaluate, meter, save)

@@ -1,17 +1,19 @@
 """The cost ledger of a row: every cost figure built here, in one place, each with where it came from.
 
     figures = job_costs(...)                       # in the job: what was measured there
-    ledger = build_ledger(figures, child_peak_rss_mb=412.0, ranking=share)   # in the parent: the row's costs
+    ledger = build_ledger(figures, child_peak_rss_mb=412.0, ranking=r, cache=c)   # in the parent: the row's costs
     ledger["total_s"], ledger["sources"]["peak_mem_mb"]
 
 The store and the report only read these figures. Definitions (docs/results-schema.md):
-  total_s = train_s + cache_share_s + ranking_share_s   (teacher_s is a breakdown of train_s, never added)
-  ranking_share_s: the seconds of the layer ranking an `auto` arm uses, divided by the number of jobs of the
-  experiment that made it which use it (0 when it was made by an earlier experiment: charged there).
+  total_s = train_s + cache_share_s + ranking_share_s;  total_flops = train_flops + cache_share_flops
+  teacher_s: online, the part of train_s spent in teacher forwards (never added again); cached, the cache share.
+  A shared cost (the teacher cache's build, the layer ranking) is divided by the number of jobs of the
+  experiment it was made for that use it; an experiment that reuses it from an earlier one is charged 0.
 """
 from __future__ import annotations
 
-FIGURES = ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s", "train_flops",
+FIGURES = ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s", "train_flops", "cache_share_flops",
+           "total_flops",
            "infer_batch_size", "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1", "infer_ms_p90_b1",
            "peak_mem_mb", "peak_mem_source", "energy_j", "energy_source", "params", "size_mb")
 PEAK_CUDA = "torch.cuda.max_memory_allocated"
@@ -29,14 +31,21 @@ def job_costs(train: dict, flops: dict, latency: dict, energy: dict, model_facts
             "energy_source": energy["source"], **model_facts, **memory}
 
 
+def shared_cost(what: str, cost: dict | None, experiment: str, users: int) -> tuple[float, int, str]:
+    """(seconds, FLOPs, the rule) of a shared cost `cost` ({"seconds", "flops", "experiment" it was made for})
+    charged to one of the `users` jobs of `experiment` that use it."""
+    if cost is None:
+        return 0.0, 0, f"no {what}"
+    seconds, flops, made_for = cost["seconds"], cost.get("flops") or 0, cost.get("experiment")
+    if made_for != experiment:
+        return 0.0, 0, f"{what} reused from experiment '{made_for}' ({seconds:.1f} s charged there)"
+    return seconds / users, flops // users, f"{what} {seconds:.1f} s / {users} job(s) of this experiment"
+
+
 def ranking_share(ranking: dict | None, experiment: str, users: int) -> tuple[float, str]:
     """(seconds charged to one job using `ranking`, the rule) for a job of `experiment`."""
-    if ranking is None:
-        return 0.0, "no layer ranking used"
-    made_for = ranking.get("experiment")
-    if made_for != experiment:
-        return 0.0, f"ranking reused from experiment '{made_for}' ({ranking['seconds']:.1f} s charged there)"
-    return ranking["seconds"] / users, f"ranking {ranking['seconds']:.1f} s / {users} job(s) of this experiment"
+    seconds, _, rule = shared_cost("layer ranking", ranking, experiment, users)
+    return seconds, rule
 
 
 def peak_memory(costs: dict, child_peak_rss_mb: float | None) -> tuple[float | None, str]:
@@ -48,22 +57,24 @@ def peak_memory(costs: dict, child_peak_rss_mb: float | None) -> tuple[float | N
     return max(0.0, child_peak_rss_mb - costs["baseline_rss_mb"]), PEAK_CHILD
 
 
-def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[float, str]) -> dict:
+def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[float, str],
+                 cache: tuple[float, int, str] = (0.0, 0, "no teacher cache")) -> dict:
     """Every cost column of a row, plus `sources` (figure -> where it came from)."""
     peak, peak_source = peak_memory(costs, child_peak_rss_mb)
-    ranking_s, ranking_rule = ranking
-    cache_s = 0.0  # the teacher is run online: no cache build to share
-    ledger = {"train_s": costs["train_s"], "teacher_s": costs["teacher_s"], "cache_share_s": cache_s,
+    (ranking_s, ranking_rule), (cache_s, cache_flops, cache_rule) = ranking, cache
+    ledger = {"train_s": costs["train_s"], "teacher_s": costs["teacher_s"] + cache_s, "cache_share_s": cache_s,
               "ranking_share_s": ranking_s, "total_s": costs["train_s"] + cache_s + ranking_s,
-              "train_flops": costs["train_flops"], "peak_mem_mb": peak, "peak_mem_source": peak_source,
+              "train_flops": costs["train_flops"], "cache_share_flops": cache_flops,
+              "total_flops": costs["train_flops"] + cache_flops, "peak_mem_mb": peak, "peak_mem_source": peak_source,
               "energy_j": costs["energy_j"], "energy_source": costs["energy_source"]}
     ledger.update({k: costs[k] for k in ("infer_batch_size", "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1",
                                          "infer_ms_p90_b1", "params", "size_mb")})
     ledger["sources"] = {
         "train_s": TIMER + " (evaluation, FLOP counting and saving excluded)",
-        "teacher_s": "teacher forwards inside train_s (device timer)" if costs["teacher_s"] else "no teacher forwards",
-        "cache_share_s": "online teacher: no cache", "ranking_share_s": ranking_rule,
-        "total_s": "train_s + cache_share_s + ranking_share_s",
+        "teacher_s": "teacher forwards inside train_s (device timer)" if costs["teacher_s"] else
+        "the teacher cache's share" if cache_s else "no teacher forwards",
+        "cache_share_s": cache_rule, "cache_share_flops": cache_rule, "ranking_share_s": ranking_rule,
+        "total_s": "train_s + cache_share_s + ranking_share_s", "total_flops": "train_flops + cache_share_flops",
         "train_flops": "torch FlopCounterMode on one real step per input shape, scaled by samples",
         "infer_ms": "p50/p90 of timed batches after warm-up, eval mode, device synchronised",
         "peak_mem_mb": peak_source, "energy_j": costs["energy_source"],

@@ -31,7 +31,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-LEDGER_FIGURES = ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s", "train_flops",
+LEDGER_FIGURES = ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s", "train_flops", "total_flops",
                   "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1", "infer_ms_p90_b1",
                   "peak_mem_mb", "energy_j", "params", "size_mb")
 # Metrics stored as fractions that read better as percent (GLUE reports MCC/correlations x100 too).
@@ -44,9 +44,27 @@ _LEGEND = ("n = seeds; cells are mean ± sample std over seeds (the mean alone f
            "the training loop only (evaluation and warm-up excluded); teacher_s is a breakdown (part of "
            "train_s for an online teacher, the cache share for a cached one); ranking_share_s: the layer "
            "ranking's seconds charged to each arm that uses it, as a stated share; total_s = train_s + "
-           "cache_share_s + ranking_share_s. Memory in MiB, energy in J with its source. ×plain: ratio of "
-           "means to the plain arm's current config, for current configs only. teacher layers: the teacher "
-           "layers (candidate indices, `leankd layers`) whose features the arm distils.")
+           "cache_share_s + ranking_share_s; total_flops = train_flops + the cache build's FLOP share. "
+           "teacher: where a distilled arm's teacher outputs came from (online forwards, or a cache built once "
+           "and shared by the experiment's jobs that use it). Memory in MiB, energy in J with its source. "
+           "×plain: ratio of means to the plain arm's current config, for current configs only (flops: "
+           "total_flops); standalone ×plain charges a cached arm the whole cache build, as if it alone used it. "
+           "teacher layers: the teacher layers (candidate indices, `leankd layers`) whose features the arm "
+           "distils.")
+
+
+def _standalone(r: dict, fig: str) -> float | None:
+    """A cached row's cost with the whole cache build on it (its share replaced by the full build)."""
+    cache = (r.get("extra") or {}).get("cache")
+    if fig == "s":
+        total, share, build = r.get("total_s"), r.get("cache_share_s") or 0.0, (cache or {}).get("build_s")
+    else:
+        total, share, build = _total_flops(r), r.get("cache_share_flops") or 0, (cache or {}).get("build_flops")
+    return total if total is None or not cache or build is None else total - share + build
+
+
+def _total_flops(r: dict) -> float | None:
+    return r.get("total_flops") if r.get("total_flops") is not None else r.get("train_flops")  # older rows
 
 
 def _stats(values: list[Any]) -> dict[str, float | int] | None:
@@ -112,6 +130,10 @@ def _summarise_group(arm: str, config_hash: Any, runs: list[dict], older: bool) 
     }
     for fig in LEDGER_FIGURES:
         s[fig] = _stats([r.get(fig) for r in runs])
+    s["total_flops"] = _stats([_total_flops(r) for r in runs])
+    s["standalone_s"] = _stats([_standalone(r, "s") for r in runs])
+    s["standalone_flops"] = _stats([_standalone(r, "flops") for r in runs])
+    s["teacher"] = _joined([(r.get("extra") or {}).get("teacher_source", "").split(":")[0] or None for r in runs])
     sizes = _distinct([r.get("infer_batch_size") for r in runs])
     s["infer_batch_size"] = sizes[0] if len(sizes) == 1 else (sizes or None)
     s["energy_source"] = _joined([r.get("energy_source") for r in runs])
@@ -133,7 +155,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     for s in out:
         current_student = s["role"] == "student" and not s["older"] and plain is not None
         s["total_s_vs_plain"] = _ratio(s["total_s"], plain["total_s"]) if current_student else None
-        s["train_flops_vs_plain"] = _ratio(s["train_flops"], plain["train_flops"]) if current_student else None
+        s["train_flops_vs_plain"] = _ratio(s["total_flops"], plain["total_flops"]) if current_student else None
+        s["standalone_s_vs_plain"] = _ratio(s["standalone_s"], plain["total_s"]) if current_student else None
     return out
 
 
@@ -197,6 +220,10 @@ def _arm_label(s: dict) -> str:
     return f"{s['arm']} (older config {str(s.get('config_hash') or 'unknown')[:6]})"
 
 
+def _ratio_cell(value: float | None) -> str:
+    return _NA if value is None else f"{value:.2f}"
+
+
 def to_markdown(summary: list[dict], title: str) -> str:
     """A `## title` section with one table row per arm (teacher first) and a legend."""
     metric_names = _distinct([m for s in summary for m in s["metrics"]])
@@ -217,9 +244,15 @@ def to_markdown(summary: list[dict], title: str) -> str:
         columns.append(("teacher layers", lambda s: s.get("teacher_layers") or _NA))
     columns += [(f"{m} (%)" if _is_percent(m) else m, lambda s, m=m: _metric_cell(s, m))
                 for m in metric_names]
+    cached = any(s.get("teacher") and "cache" in s["teacher"] for s in summary)
+    if cached:
+        columns.append(("teacher", lambda s: s.get("teacher") or _NA))
     columns += [(f, lambda s, f=f: _pm(s[f], _num))
                 for f in ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s")]
-    columns += [("train_flops", lambda s: _flops(s["train_flops"])),
+    columns += [("train_flops", lambda s: _flops(s["train_flops"]))]
+    if cached:
+        columns.append(("total_flops", lambda s: _flops(s["total_flops"])))
+    columns += [
                 (f"infer ms p50 @{bs}", infer("infer_ms_p50")),
                 (f"infer ms p90 @{bs}", infer("infer_ms_p90")),
                 ("infer ms p50 @bs=1", infer("infer_ms_p50_b1")),
@@ -228,10 +261,10 @@ def to_markdown(summary: list[dict], title: str) -> str:
                 ("energy_j", _energy),
                 ("params", lambda s: _params(s["params"])),
                 ("size_mb", lambda s: _pm(s["size_mb"], _num, drop_zero_std=True)),
-                ("total_s ×plain", lambda s: _NA if s["total_s_vs_plain"] is None
-                 else f"{s['total_s_vs_plain']:.2f}"),
-                ("flops ×plain", lambda s: _NA if s["train_flops_vs_plain"] is None
-                 else f"{s['train_flops_vs_plain']:.2f}")]
+                ("total_s ×plain", lambda s: _ratio_cell(s["total_s_vs_plain"]))]
+    if cached:
+        columns.append(("standalone ×plain", lambda s: _ratio_cell(s["standalone_s_vs_plain"])))
+    columns.append(("flops ×plain", lambda s: _ratio_cell(s["train_flops_vs_plain"])))
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"

@@ -30,10 +30,12 @@ Absent figures are NULL, never 0. Seconds are wall-clock seconds with the device
 | `metrics` | TEXT (JSON) | metric name -> value, fractions not percent (`accuracy`, `macro_f1`, `agreement`, ...) |
 | `train_s` | REAL | s, the arm's whole training step loop; evaluation, checkpointing, warm-up excluded |
 | `teacher_s` | REAL | s, teacher work of this arm (online: part of `train_s`; cached: its share of the cache build) |
-| `cache_share_s` | REAL | s, cache build time charged to this arm; 0 with an online teacher |
+| `cache_share_s` | REAL | s, the teacher cache build's seconds / the jobs of its experiment using it; 0 online |
 | `total_s` | REAL | s, `train_s + cache_share_s + ranking_share_s`: the time compared across arms |
 | `ranking_share_s` | REAL | s, the layer ranking's seconds / the jobs of its experiment using it; 0 otherwise |
-| `train_flops` | INTEGER | FLOP, of training incl. teacher forwards, counted over the actual batch shapes |
+| `train_flops` | INTEGER | FLOP, of training incl. online teacher forwards, counted over the actual batch shapes |
+| `cache_share_flops` | INTEGER | FLOP, the cache build's FLOPs charged to this job (shared as `cache_share_s`) |
+| `total_flops` | INTEGER | FLOP, `train_flops + cache_share_flops`: the FLOPs compared across arms |
 | `infer_batch_size` | INTEGER | batch size of `infer_ms_p50` / `infer_ms_p90` (the training batch size) |
 | `infer_ms_p50` | REAL | ms per batch, median over >= 20 batches after warm-up, at `infer_batch_size` |
 | `infer_ms_p90` | REAL | ms per batch, 90th percentile, at `infer_batch_size` |
@@ -62,7 +64,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # (name, SQL type) in table order; `id` is added by the schema. Single source for schema and checks.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -80,6 +82,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("cache_share_s", "REAL"),
     ("total_s", "REAL"),
     ("ranking_share_s", "REAL"),
+    ("cache_share_flops", "INTEGER"),
+    ("total_flops", "INTEGER"),
     ("train_flops", "INTEGER"),
     ("infer_batch_size", "INTEGER"),
     ("infer_ms_p50", "REAL"),
@@ -100,7 +104,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 JSON_COLUMNS = frozenset({"metrics", "extra", "provenance", "sources"})
-ADDED_IN_2 = ("ranking_share_s", "sources")  # version 1 files are migrated by adding these columns
+# Versions: 1 (first), 2 (+ ranking_share_s, sources), 3 (+ cache_share_flops, total_flops). Older files are
+# migrated in place by adding the missing columns.
 ROLES = ("teacher", "student")
 
 
@@ -138,9 +143,11 @@ class ResultsStore:
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
             found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-            if int(found) == 1:  # add the version-2 columns; old rows read NULL there
-                for name in ADDED_IN_2:
-                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {dict(COLUMNS)[name]}")
+            if int(found) < SCHEMA_VERSION:  # older files gain the newer columns; their old rows read NULL there
+                have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+                for name, sqltype in COLUMNS:
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {sqltype}")
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 found = SCHEMA_VERSION
         if int(found) != SCHEMA_VERSION:

@@ -39,7 +39,8 @@ class TextTask:
             self._enc[split] = (enc, data.labels[:n])
         return self._enc[split]
 
-    def train_loader(self, batch_size: int, seed: int) -> TextLoader:
+    def train_loader(self, batch_size: int, seed: int, views: int = 1) -> TextLoader:
+        """Shuffled, length-bucketed batches; text has one view (no augmentation), whatever `views` says."""
         enc, labels = self._split("train")
         return TextLoader(enc, labels, batch_size, seed=seed, shuffle=True, bucket=self.cfg.data.bucket,
                           pad_id=self.tokenizer.pad_token_id or 0)

@@ -21,9 +21,10 @@ class VisionTask:
         self.cfg = cfg
         self.splits = cifar10_splits(Path(data_dir), cfg.data)
 
-    def train_loader(self, batch_size: int, seed: int) -> VisionLoader:
-        return VisionLoader(*self.splits["train"], batch_size=batch_size, seed=seed,
-                            augment=self.cfg.data.augment, shuffle=True)
+    def train_loader(self, batch_size: int, seed: int, views: int = 1) -> VisionLoader:
+        """Shuffled, augmented batches; augmentation views are a pure function of (cache.seed, view, index)."""
+        return VisionLoader(*self.splits["train"], batch_size=batch_size, seed=seed, augment=self.cfg.data.augment,
+                            shuffle=True, views=views, aug_seed=self.cfg.cache.seed)
 
     def eval_loader(self, split: str, batch_size: int) -> VisionLoader | None:
         data = self.splits.get(split)
