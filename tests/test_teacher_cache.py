@@ -14,9 +14,8 @@ from leankd.data import randomness as rnd
 from leankd.data.cifar10 import VisionLoader, cifar10_splits
 from leankd.distill.cache import TeacherCache
 from leankd.experiment import run_experiment
-from leankd.jobs.teacher_cache import CachedLogits, _fill
+from leankd.jobs.teacher_cache import CachedLogits, _autocast, _fill
 from leankd.models import create_model
-from leankd.precision import Precision
 
 from conftest import REPO
 
@@ -33,8 +32,8 @@ def test_cached_logits_equal_the_online_teacher_on_every_training_batch(tmp_path
     torch.manual_seed(0)
     teacher = create_model("resnet8", 10).eval()
     views, build = 3, _loader(data_dir, views=3)
-    job = SimpleNamespace(teacher=teacher, prec=Precision.create("fp32", CPU), device=CPU,
-                          cfg=SimpleNamespace(name="exp"))
+    job = SimpleNamespace(teacher=teacher, teacher_autocast=_autocast("fp32", CPU), teacher_precision="fp32",
+                          device=CPU, cfg=SimpleNamespace(name="exp"))
     cache = TeacherCache(tmp_path, {"test": 1})
     manifest = cache.build(build.num_samples, views, {"logits": ((10,), "float32")}, _fill(job, build, views, 80))
     assert manifest["info"]["seconds"] > 0 and manifest["info"]["flops"] > 0
@@ -104,3 +103,25 @@ def test_cache_build_is_charged_as_a_share_of_its_users(cached_run):
     online = [r for r in rows if r["arm"] == "online"]
     assert all(r["cache_share_s"] == 0 and r["teacher_s"] > 0 for r in online)
     assert len({r["extra"]["cache"]["path"] for r in cached}) == 1  # one cache shared by every cached job
+
+
+def test_reduced_precision_teacher_fidelity_is_measured_against_its_fp32_self(data_dir):
+    from leankd.jobs.teacher_cache import _autocast, fidelity
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet20", 10).eval()
+    test = cifar10_splits(data_dir, load_config(REPO / "tests/configs/tiny-cifar10.yaml").data)["test"]
+    loader = VisionLoader(*test, batch_size=128)  # the tiny config's 256 test images
+    same = fidelity(teacher, teacher, _autocast("fp32", CPU), loader, CPU)
+    assert same["agreement"] == 1.0 and same["mean_kl"] == 0.0 and same["samples"] == 256
+    bf16 = fidelity(teacher, teacher, _autocast("bf16", CPU), loader, CPU)
+    assert bf16["mean_kl"] > 0 and bf16["agreement"] > 0.8  # bf16 rounds: close to, not equal to, fp32
+
+
+def test_teacher_precision_is_not_part_of_the_stored_teachers_identity():
+    from leankd.experiment.teachers import teacher_key
+
+    cfg = load_config(REPO / "tests/configs/tiny-cifar10.yaml")
+    other = load_config(REPO / "tests/configs/tiny-cifar10.yaml", ["teacher.precision=bf16"])
+    assert teacher_key(cfg, ["f"]) == teacher_key(other, ["f"])  # same weights: not trained twice
+    assert teacher_key(cfg, ["f"]) != teacher_key(cfg, ["g"])  # other data: another teacher

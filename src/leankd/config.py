@@ -66,6 +66,9 @@ class TeacherConfig(_Strict):
     checkpoint: str | None = Field(None, description="safetensors or torch file; skips training")
     seed: int = 0
     train: OptimConfig = OptimConfig()
+    precision: Literal["same", "fp32", "bf16"] = Field(
+        "same", description="the teacher's forwards when distilling (cache build and online): same = the "
+        "experiment's precision")
 
 
 
@@ -139,7 +142,8 @@ class CacheConfig(_Strict):
     seed: int = Field(0, description="the augmentation seed of the views (every arm's inputs depend on it)")
     dtype: Literal["float32", "float16"] = Field("float32", description="stored logits dtype (float32: exactly "
                                                   "what the online teacher gives)")
-    batch_size: int | None = Field(None, gt=0, description="teacher batch for the build (default: 4x train)")
+    batch_size: int | None = Field(None, gt=0, description="teacher batch for the build (default: 4x train for "
+                                   "images, 1x for text: less padding)")
 
 
 class MeteringConfig(_Strict):

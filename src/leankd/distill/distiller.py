@@ -16,6 +16,8 @@ with `reset_teacher_time()`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -34,11 +36,12 @@ def freeze(model: nn.Module) -> nn.Module:
 
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, arm, label_smoothing: float = 0.0,
-                 regression: bool = False, pairs=(), example=None, cached=None):
+                 regression: bool = False, pairs=(), example=None, cached=None, teacher_autocast=None):
         super().__init__()
         self.student, self.arm, self.label_smoothing, self.regression = student, arm, label_smoothing, regression
         self.needs_teacher = arm.method != "plain"
         self.cached = cached  # key -> the teacher's logits for that batch, read from a teacher cache
+        self.teacher_autocast = teacher_autocast or contextlib.nullcontext  # the teacher's own precision
         if self.needs_teacher and teacher is None and cached is None:
             raise ValueError(f"arm method '{arm.method}' needs a teacher or a teacher cache")
         if cached is not None and (pairs or arm.method != "kd"):
@@ -97,7 +100,7 @@ class Distiller(nn.Module):
         """(teacher logits, or None after a truncated forward; tapped teacher features)."""
         if self._teacher_timer is None:
             self._teacher_timer = Timer(input_device(x))
-        with self._teacher_timer, torch.no_grad():
+        with self._teacher_timer, torch.no_grad(), self.teacher_autocast():
             if self.t_taps is None:
                 logits, feats = logits_of(self.teacher, x), {}
             else:

@@ -83,7 +83,8 @@ class Plan:
         return {"teacher": self.key, "weights": teachers.teacher_weights(self.out_dir, self.key),
                 "data": self.data_files, "data_settings": cfg.data.model_dump(mode="json"),
                 "views": self.views(cfg.train.epochs), "aug_seed": cfg.cache.seed, "targets": ["logits"],
-                "precision": resolve(cfg.precision, resolve_device(cfg.device))[0], "dtype": cfg.cache.dtype}
+                "precision": cfg.teacher.precision if cfg.teacher.precision != "same"
+                else resolve(cfg.precision, resolve_device(cfg.device))[0], "dtype": cfg.cache.dtype}
 
     def cache_users(self) -> list[str]:
         """Arms whose jobs read the teacher from the cache, and (per arm) why or why not."""
@@ -114,8 +115,13 @@ class Plan:
             return None, why
         cfg = self.cfg
         return {"root": str((self.out_dir / "cache" / "teacher").resolve()), "key": self.cache_key(),
-                "dtype": cfg.cache.dtype, "batch_size": cfg.cache.batch_size or 4 * cfg.train.batch_size,
+                "dtype": cfg.cache.dtype, "batch_size": cfg.cache.batch_size or self.build_batch(),
                 "users": len(self.cache_users()) * len(cfg.seeds)}, why
+
+    def build_batch(self) -> int:
+        """The cache build's teacher batch: 4x the training batch for images (no backward, so memory allows it);
+        the training batch for text, where a wider batch pads more tokens (sorted by length either way)."""
+        return self.cfg.train.batch_size * (1 if self.cfg.data.dataset == "glue" else 4)
 
     def teacher_job(self) -> JobSpec:
         cfg = self.cfg

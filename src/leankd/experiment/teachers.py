@@ -20,7 +20,8 @@ from leankd.models.checkpoint import state_identity
 
 def teacher_key(cfg, data_files: list[str], module: torch.nn.Module | None = None) -> str:
     """Hash of the teacher's settings, the data files' identities, and its checkpoint file or module weights."""
-    ident = {"teacher": cfg.teacher.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
+    settings = cfg.teacher.model_dump(mode="json", exclude={"precision"})  # how it distils, not what it is
+    ident = {"teacher": settings, "data": cfg.data.model_dump(mode="json"),
              "precision": cfg.precision, "files": data_files}
     if cfg.teacher.checkpoint:
         if not Path(cfg.teacher.checkpoint).is_file():

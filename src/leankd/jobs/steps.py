@@ -1,5 +1,6 @@
-"""The steps every job runs, in order, teacher and student alike: prepare -> teacher cache -> distiller -> train ->
-evaluate -> meter -> save. Each reads the job spec (data decided at planning) and fills in the job's state.
+"""The steps every job runs, in order, teacher and student alike: prepare -> teacher setup -> teacher cache ->
+distiller -> train -> evaluate -> meter -> save. Each reads the job spec (data decided at planning) and fills in
+the job's state.
 
     job = Job(spec)
     for step in STEPS:
@@ -24,7 +25,7 @@ from leankd.distill.ranking import load_or_rank
 from leankd.distill.selection import build_pairs, describe, teacher_indices
 from leankd.jobs.measure import count_train_flops, latency_figures
 from leankd.jobs.spec import JobSpec
-from leankd.jobs.teacher_cache import teacher_cache
+from leankd.jobs.teacher_cache import teacher_cache, teacher_setup
 from leankd.metering.energy import EnergyMeter
 from leankd.metering.ledger import job_costs
 from leankd.metering.memory import cuda_peak_mb, current_rss_mb, reset_cuda_peak
@@ -61,6 +62,8 @@ class Job:
     loader: object = None
     distiller: Distiller | None = None
     cached: object = None  # teacher_cache: batch key -> the teacher's logits
+    teacher_precision: str = "fp32"  # teacher_setup: the teacher's own precision when distilling
+    teacher_autocast: object = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
     ranking: dict | None = None
@@ -135,7 +138,8 @@ def build_distiller(job: Job) -> None:
         pairs = build_pairs(arm, job.model, teacher, job.ranking["ranked"] if job.ranking else None)
     example = to_device(job.loader.example(None, 2)[0], job.device) if pairs else None
     job.distiller = Distiller(job.model, teacher, arm, job.optim.label_smoothing,
-                              regression=job.task.is_regression, pairs=pairs, example=example, cached=job.cached)
+                              regression=job.task.is_regression, pairs=pairs, example=example, cached=job.cached,
+                              teacher_autocast=job.teacher_autocast)
     if pairs:
         log.info("%s layer pairs (student <- teacher): %s", spec.arm, describe(pairs))
         job.extra.update(layer_pairs=[p.to_dict() for p in pairs], layer_map=describe(pairs),
@@ -203,4 +207,4 @@ def save(job: Job) -> None:
     job.extra["weights"] = meta["weights"]
 
 
-STEPS = (prepare, teacher_cache, build_distiller, train, evaluate, meter, save)
+STEPS = (prepare, teacher_setup, teacher_cache, build_distiller, train, evaluate, meter, save)

@@ -1,5 +1,6 @@
-"""The teacher-cache step of a job: open the cache its spec names, building it first if no valid one exists.
+"""The teacher side of a job: the teacher's own precision (and what it costs in fidelity), and its output cache.
 
+    teacher_setup(job)   # job.teacher_autocast; a reduced precision's fidelity: extra["teacher_fidelity"]
     teacher_cache(job)   # job.cached: batch key -> the teacher's logits for exactly those inputs and views
 
 The build runs the teacher once, in inference mode at its own batch size, over every training sample in
@@ -13,11 +14,13 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from leankd.batching import logits_of, to_device
 from leankd.device import sync
 from leankd.distill.cache import TeacherCache
 from leankd.metering.flops import count_flops
+from leankd.train import predict
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,42 @@ class CachedLogits:
     def __call__(self, key: dict) -> torch.Tensor:
         values = self.reader.get("logits", key["view"], key["index"])
         return torch.from_numpy(values).to(self.device, non_blocking=True).float()
+
+
+def _autocast(name: str, device: torch.device):
+    """The teacher's autocast context factory: fp32 turns off any outer autocast; bf16 runs under bf16 autocast."""
+    if name == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return lambda: torch.autocast(device.type, enabled=False)
+
+
+class _Autocast:  # predict() takes a precision-like object with autocast()
+    def __init__(self, factory):
+        self.autocast = factory
+
+
+def fidelity(reference, reduced, autocast, loader, device: torch.device) -> dict:
+    """Top-1 agreement and mean KL(reference in fp32 || reduced under `autocast`) on `loader` (the same module
+    for a reduced precision; a different one, e.g. a quantised copy, works too)."""
+    ref, _ = predict(reference, loader, _Autocast(_autocast("fp32", device)), device)
+    red, _ = predict(reduced, loader, _Autocast(autocast), device)
+    ref_t, red_t = torch.from_numpy(ref), torch.from_numpy(red)
+    kl = F.kl_div(F.log_softmax(red_t, -1), F.log_softmax(ref_t, -1), log_target=True, reduction="batchmean")
+    return {"agreement": float((ref.argmax(-1) == red.argmax(-1)).mean()), "mean_kl": float(kl),
+            "samples": len(ref)}
+
+
+def teacher_setup(job) -> None:
+    """The teacher's precision for distilling (teacher.precision; `same` = the job's); a reduced one is
+    measured against the fp32 teacher on the eval split (agreement, mean KL) and recorded."""
+    if job.teacher is None or not job.spec.distil:
+        return
+    name = job.cfg.teacher.precision if job.cfg.teacher.precision != "same" else job.prec.name
+    job.teacher_precision, job.teacher_autocast = name, _autocast(name, job.device)
+    job.extra["teacher_precision"] = name
+    if name != "fp32" and not job.task.is_regression:
+        loader = job.task.eval_loader(job.task.eval_split, 4 * job.optim.batch_size)
+        job.extra["teacher_fidelity"] = fidelity(job.teacher, job.teacher, job.teacher_autocast, loader, job.device)
 
 
 def _shape_of(x) -> tuple:
@@ -53,7 +92,7 @@ def _fill(job, loader, views: int, batch_size: int):
                 for start in range(0, len(order), batch_size):
                     idx = order[start:start + batch_size]
                     x = to_device(loader.inputs(idx, view), job.device)
-                    with job.prec.autocast():
+                    with job.teacher_autocast():
                         logits = logits_of(teacher, x)
                     writer.write("logits", view, idx, logits.float().cpu().numpy())
                     shapes[_shape_of(x)] = shapes.get(_shape_of(x), 0) + len(idx)
@@ -62,10 +101,10 @@ def _fill(job, loader, views: int, batch_size: int):
         flops = 0
         for shape, n in shapes.items():  # every op is linear in the batch: count 2 samples per shape
             x2 = to_device(loader.example(shape[0] if len(shape) == 1 else shape, 2)[0], job.device)
-            with torch.inference_mode(), job.prec.autocast():
+            with torch.inference_mode(), job.teacher_autocast():
                 flops += n * count_flops(lambda: logits_of(teacher, x2)) // 2
         writer.info.update(seconds=seconds, flops=flops, experiment=job.cfg.name, samples=len(order), views=views,
-                           batch_size=batch_size, precision=job.prec.name, device=str(job.device))
+                           batch_size=batch_size, precision=job.teacher_precision, device=str(job.device))
         log.info("teacher cache: %d samples x %d view(s) in %.1f s, %.3g FLOP", len(order), views, seconds, flops)
     return fill
 
