@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leankd.config import ArmConfig, config_hash
+from leankd.device import resolve_device
 from leankd.distill.cache import TeacherCache
 from leankd.distill.selection import init_layer_indices, layer_map, preset_layers
 from leankd.distill.taps import candidate_layers, qkv_modules
 from leankd.errors import ModelError
 from leankd.experiment import teachers
 from leankd.jobs.spec import JobSpec
+from leankd.precision import resolve
 from leankd.tasks import data_identity
 
 
@@ -75,10 +77,7 @@ class Plan:
         return self.cfg.cache.views or epochs
 
     def cache_key(self) -> dict:
-        """Everything the cached teacher outputs depend on."""
-        from leankd.device import resolve_device
-        from leankd.precision import resolve
-
+        """Everything the cached teacher outputs depend on (the precision as this machine resolves it)."""
         cfg = self.cfg
         return {"teacher": self.key, "weights": teachers.teacher_weights(self.out_dir, self.key),
                 "data": self.data_files, "data_settings": cfg.data.model_dump(mode="json"),
@@ -87,7 +86,7 @@ class Plan:
                 else resolve(cfg.precision, resolve_device(cfg.device))[0], "dtype": cfg.cache.dtype}
 
     def cache_users(self) -> list[str]:
-        """Arms whose jobs read the teacher from the cache, and (per arm) why or why not."""
+        """The arms whose jobs read the teacher from the cache (`teacher_source` says why for each)."""
         return [a for a in self.cfg.arms if self.teacher_source(a)[0]]
 
     def teacher_source(self, arm: str) -> tuple[bool, str]:
