@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 from pathlib import Path
 
 from leankd.config import load_config
 from leankd.experiment import run_experiment
 from leankd.log import setup_logging
+from leankd.report.table import summarise
 from leankd.results.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,27 +49,20 @@ def run_pair(pair: str, args) -> list[dict]:
 
 
 def table(pair: str, rows: list[dict]) -> str:
-    students = [r for r in rows if r["role"] == "student"]
-    plain = [r for r in students if r["arm"] == "plain"]
-    metric = next(iter(plain[0]["metrics"]))
-    p_s, p_f = statistics.fmean(r["total_s"] for r in plain), statistics.fmean(r["total_flops"] for r in plain)
-    lines = [f"## {pair}: {metric}, ratios to plain (mean over {len(plain)} seed(s))", "",
+    """The report's summary (leankd.report.table.summarise) of both experiments' rows, as the benchmark's table."""
+    summary = [s for s in summarise([{**r, "experiment": pair} for r in rows]) if s["role"] == "student"]
+    metric = next(iter(summary[0]["metrics"]))
+    lines = [f"## {pair}: {metric}, ratios to plain (mean over {summary[0]['n']} seed(s))", "",
              f"| arm | teacher | {metric} (%) | train_s | teacher_s | cache_share_s | total_s x | standalone x | "
              "flops x | standalone flops x |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for arm in dict.fromkeys(r["arm"] for r in students):
-        rs = [r for r in students if r["arm"] == arm]
-        m = [100 * r["metrics"][metric] for r in rs]
-        cache = rs[0]["extra"].get("cache") or {}
-        build_s, build_f = cache.get("build_s") or 0.0, cache.get("build_flops") or 0
-        mean = lambda k: statistics.fmean(r[k] for r in rs)  # noqa: E731
-        alone_s = statistics.fmean(r["train_s"] + build_s for r in rs) if cache else mean("total_s")
-        alone_f = statistics.fmean(r["train_flops"] + build_f for r in rs) if cache else mean("total_flops")
-        spread = f" ± {statistics.stdev(m):.2f}" if len(m) > 1 else ""
-        source = rs[0]["extra"].get("teacher_source", "").split(":")[0]
-        lines.append(f"| {arm} | {source} | {statistics.fmean(m):.2f}{spread} | {mean('train_s'):.1f} | "
-                     f"{mean('teacher_s'):.1f} | {mean('cache_share_s'):.1f} | {mean('total_s') / p_s:.2f} | "
-                     f"{alone_s / p_s:.2f} | {mean('total_flops') / p_f:.2f} | {alone_f / p_f:.2f} |")
-    for r in (r for r in students if (r["extra"].get("cache") or {}).get("made_for") == r["experiment"]):
+    for s in summary:
+        m = s["metrics"][metric]
+        spread = f" ± {100 * m['std']:.2f}" if m["n"] > 1 else ""
+        lines.append(f"| {s['arm']} | {s['teacher']} | {100 * m['mean']:.2f}{spread} | {s['train_s']['mean']:.1f} | "
+                     f"{s['teacher_s']['mean']:.1f} | {s['cache_share_s']['mean']:.1f} | "
+                     f"{s['total_s_vs_plain']:.2f} | {s['standalone_s_vs_plain']:.2f} | "
+                     f"{s['train_flops_vs_plain']:.2f} | {s['standalone_flops_vs_plain']:.2f} |")
+    for r in (r for r in rows if (r["extra"].get("cache") or {}).get("made_for") == r["experiment"]):
         c = r["extra"]["cache"]
         lines.append(f"\ncache of {r['experiment']}: {c['bytes'] / 2**20:.2f} MiB on disk, built in "
                      f"{c['build_s']:.1f} s ({c['views']} view(s)), shared by {c['users']} job(s)")

@@ -105,12 +105,12 @@ def test_total_is_train_plus_shares_and_ranking_is_a_stated_share():
              "energy_j": None, "energy_source": "unavailable", "params": 5, "size_mb": 0.1,
              "baseline_rss_mb": 100.0, "cuda_peak_mb": None}
     made_here = {"seconds": 6.0, "experiment": "exp"}
-    share = ledger.ranking_share(made_here, "exp", users=3)
+    share = ledger.shared_cost("layer ranking", made_here, "exp", users=3)
     row = ledger.build_ledger(costs, child_peak_rss_mb=350.0, ranking=share)
     assert row["ranking_share_s"] == 2.0 and row["total_s"] == 12.0 and row["teacher_s"] == 4.0
     assert row["peak_mem_mb"] == 250.0 and row["peak_mem_source"] == ledger.PEAK_CHILD
     assert "6.0 s / 3 job(s)" in row["sources"]["ranking_share_s"]
-    reused = ledger.build_ledger(costs, None, ledger.ranking_share(made_here, "later", users=3))
+    reused = ledger.build_ledger(costs, None, ledger.shared_cost("layer ranking", made_here, "later", users=3))
     assert reused["ranking_share_s"] == 0.0 and "reused from experiment 'exp'" in reused["sources"]["ranking_share_s"]
     assert reused["peak_mem_mb"] is None and reused["peak_mem_source"] == ledger.PEAK_NONE
 

@@ -23,7 +23,7 @@ from leankd.errors import JobFailed
 from leankd.experiment import teachers
 from leankd.experiment.plan import Plan
 from leankd.jobs.spec import JobSpec
-from leankd.metering.ledger import build_ledger, ranking_share, shared_cost
+from leankd.metering.ledger import build_ledger, shared_cost
 from leankd.metering.memory import run_child_measured
 from leankd.results.store import ResultsStore
 from leankd.tasks import build_task, check_data
@@ -56,7 +56,7 @@ def run_inline(spec: JobSpec, work: Path, student=None, teacher=None) -> tuple[d
 
 def make_row(cfg, spec: JobSpec, identity: str | None, result: dict, peak_rss_mb: float | None) -> dict:
     """A store row: identity, metrics, the ledger (built in metering.ledger) and provenance."""
-    share = ranking_share(result["ranking"], cfg.name, spec.ranking_users)
+    share = shared_cost("layer ranking", result["ranking"], cfg.name, spec.ranking_users)
     cache = result["extra"].get("cache")
     build = {"seconds": cache["build_s"], "flops": cache["build_flops"], "experiment": cache["made_for"]} \
         if cache else None

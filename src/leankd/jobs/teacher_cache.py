@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from leankd.batching import logits_of, to_device
 from leankd.device import sync
 from leankd.distill.cache import TeacherCache
+from leankd.errors import CheckpointError
 from leankd.metering.flops import count_flops
 from leankd.train import predict
 
@@ -115,13 +116,14 @@ def teacher_cache(job) -> None:
     if spec.cache is None:
         return
     cache = TeacherCache(spec.cache["root"], spec.cache["key"])
-    if not cache.is_valid():
+    try:
+        reader = cache.reader()  # validates (hashes every shard) once
+    except CheckpointError:  # absent or damaged: build it (under a lock; another process may finish it first)
         loader = job.task.train_loader(job.optim.batch_size, spec.seed, views=spec.views)
-        num_outputs = job.task.num_outputs
         job.teacher.eval()
-        cache.build(loader.num_samples, spec.views, {"logits": ((num_outputs,), spec.cache["dtype"])},
+        cache.build(loader.num_samples, spec.views, {"logits": ((job.task.num_outputs,), spec.cache["dtype"])},
                     _fill(job, loader, spec.views, spec.cache["batch_size"]))
-    reader = cache.reader()
+        reader = cache.reader()
     job.cached = CachedLogits(reader, job.device)
     info = reader.manifest.get("info", {})
     job.extra["cache"] = {"path": str(cache.path), "build_s": info.get("seconds"), "build_flops": info.get("flops"),

@@ -1,7 +1,7 @@
 """The cost ledger of a row: every cost figure built here, in one place, each with where it came from.
 
     figures = job_costs(...)                       # in the job: what was measured there
-    ledger = build_ledger(figures, child_peak_rss_mb=412.0, ranking=r, cache=c)   # in the parent: the row's costs
+    ledger = build_ledger(figures, 412.0, ranking=shared_cost(...), cache=shared_cost(...))   # in the parent
     ledger["total_s"], ledger["sources"]["peak_mem_mb"]
 
 The store and the report only read these figures. Definitions (docs/results-schema.md):
@@ -42,11 +42,6 @@ def shared_cost(what: str, cost: dict | None, experiment: str, users: int) -> tu
     return seconds / users, flops // users, f"{what} {seconds:.1f} s / {users} job(s) of this experiment"
 
 
-def ranking_share(ranking: dict | None, experiment: str, users: int) -> tuple[float, str]:
-    """(seconds charged to one job using `ranking`, the rule) for a job of `experiment`."""
-    seconds, _, rule = shared_cost("layer ranking", ranking, experiment, users)
-    return seconds, rule
-
 
 def peak_memory(costs: dict, child_peak_rss_mb: float | None) -> tuple[float | None, str]:
     """CUDA: the allocator's peak; CPU: the child process's peak RSS less its baseline after imports."""
@@ -57,11 +52,12 @@ def peak_memory(costs: dict, child_peak_rss_mb: float | None) -> tuple[float | N
     return max(0.0, child_peak_rss_mb - costs["baseline_rss_mb"]), PEAK_CHILD
 
 
-def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[float, str],
+def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[float, int, str],
                  cache: tuple[float, int, str] = (0.0, 0, "no teacher cache")) -> dict:
-    """Every cost column of a row, plus `sources` (figure -> where it came from)."""
+    """Every cost column of a row, plus `sources` (figure -> where it came from). `ranking` and `cache` are
+    `shared_cost` results (the ranking's FLOPs are not counted)."""
     peak, peak_source = peak_memory(costs, child_peak_rss_mb)
-    (ranking_s, ranking_rule), (cache_s, cache_flops, cache_rule) = ranking, cache
+    (ranking_s, _, ranking_rule), (cache_s, cache_flops, cache_rule) = ranking, cache
     ledger = {"train_s": costs["train_s"], "teacher_s": costs["teacher_s"] + cache_s, "cache_share_s": cache_s,
               "ranking_share_s": ranking_s, "total_s": costs["train_s"] + cache_s + ranking_s,
               "train_flops": costs["train_flops"], "cache_share_flops": cache_flops,

@@ -154,9 +154,10 @@ def summarise(rows: list[dict]) -> list[dict]:
     plain = next((s for s in out if s["arm"] == "plain" and not s["older"]), None)
     for s in out:
         current_student = s["role"] == "student" and not s["older"] and plain is not None
-        s["total_s_vs_plain"] = _ratio(s["total_s"], plain["total_s"]) if current_student else None
-        s["train_flops_vs_plain"] = _ratio(s["total_flops"], plain["total_flops"]) if current_student else None
-        s["standalone_s_vs_plain"] = _ratio(s["standalone_s"], plain["total_s"]) if current_student else None
+        for name, fig, ref in (("total_s", "total_s", "total_s"), ("train_flops", "total_flops", "total_flops"),
+                               ("standalone_s", "standalone_s", "total_s"),
+                               ("standalone_flops", "standalone_flops", "total_flops")):
+            s[f"{name}_vs_plain"] = _ratio(s[fig], plain[ref]) if current_student else None
     return out
 
 
