@@ -4,11 +4,13 @@
     python benchmarks/teacher_cost.py --data-dir ../shared/data --quick    # small slices, 1 epoch, 2 seeds
 
 For each pair (CIFAR-10 ResNet-20 -> ResNet-8, SST-2 MiniLM-L6 -> 3 layers; the findings configs) it runs, with
-one stored teacher: `plain`, `kd` with the teacher online (fp32), `kd` reading a cache (fp32 teacher, the cache
-shared by the experiment's cached jobs), and `kd` reading a cache built by a bf16 teacher. It prints per arm the
-metric (mean +- std over seeds), train_s, teacher_s, cache_share_s, total_s and total FLOPs as ratios to `plain`
-(amortised: the build shared by its users; standalone: the whole build on one job), the cache's size and build
-seconds. Ratios come from one run on one machine; absolute seconds are this machine's only.
+one stored teacher and its forwards in fp32: every arm of the findings experiment (`cache: auto`, so the cache is
+shared by all its distilled jobs whose targets it holds; an arm whose targets are not cacheable runs online and
+its row says why) plus `kd_online`, the `kd` arm with the teacher online; then, as a separate experiment,
+`kd_cached_bf16`, `kd` reading a cache built by a bf16 teacher. It prints per arm the metric (mean +- std over
+seeds), train_s, teacher_s, cache_share_s, how many jobs share the cache, total_s and total FLOPs as ratios to
+`plain` (amortised: the build shared by its users; standalone: the whole build on one job), the cache's size
+and build seconds. Ratios come from one run on one machine; absolute seconds are this machine's only.
 """
 from __future__ import annotations
 
@@ -28,22 +30,17 @@ QUICK = {"cifar10": ["data.train_limit=2000", "data.test_limit=1000", "teacher.t
          "sst2": ["data.train_limit=2000", "data.test_limit=300"]}
 
 
-def _arms(kd: dict, arms: dict[str, str | None]) -> str:
-    """An `arms=` override: name -> cache mode of a kd arm with the findings' kd settings (None: plain)."""
-    loss = f"temperature: {kd['temperature']}, alpha: {kd['alpha']}"
-    return "arms={" + ", ".join(f"{name}: {{method: plain}}" if mode is None else
-                                f"{name}: {{method: kd, {loss}, cache: {mode}}}" for name, mode in arms.items()) + "}"
-
-
 def run_pair(pair: str, args) -> list[dict]:
     path = REPO / PAIRS[pair]
     seeds = f"seeds=[{','.join(str(s) for s in range(args.seeds))}]"
-    over = [f"name=bench-{pair}", seeds, "precision=fp32", *(QUICK[pair] if args.quick else [])]
-    kd = load_config(path).arms["kd"].model_dump()
-    arms = _arms(kd, {"plain": None, "kd_online": "off", "kd_cached": "on"})
-    run_experiment(load_config(path, over + [arms]), args.data_dir, args.out)  # a rerun resumes
-    bf16 = over[1:] + [f"name=bench-{pair}-bf16-teacher", "teacher.precision=bf16", _arms(kd, {"kd_cached_bf16": "on"})]
-    run_experiment(load_config(path, bf16), args.data_dir, args.out)
+    over = [f"name=bench-{pair}", seeds, "teacher.precision=fp32", "cache.mode=auto",
+            *(QUICK[pair] if args.quick else [])]
+    cfg = load_config(path, over)
+    cfg.arms["kd_online"] = cfg.arms["kd"].model_copy(update={"cache": "off"})
+    run_experiment(cfg, args.data_dir, args.out)  # a rerun resumes
+    bf16 = load_config(path, over + [f"name=bench-{pair}-bf16-teacher", "teacher.precision=bf16"])
+    bf16.arms = {"kd_cached_bf16": bf16.arms["kd"].model_copy(update={"cache": "on"})}
+    run_experiment(bf16, args.data_dir, args.out)
     store = ResultsStore(Path(args.out) / "results.db")
     return store.rows(f"bench-{pair}") + store.rows(f"bench-{pair}-bf16-teacher")
 
@@ -53,20 +50,30 @@ def table(pair: str, rows: list[dict]) -> str:
     summary = [s for s in summarise([{**r, "experiment": pair} for r in rows]) if s["role"] == "student"]
     metric = next(iter(summary[0]["metrics"]))
     lines = [f"## {pair}: {metric}, ratios to plain (mean over {summary[0]['n']} seed(s))", "",
-             f"| arm | teacher | {metric} (%) | train_s | teacher_s | cache_share_s | total_s x | standalone x | "
-             "flops x | standalone flops x |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| arm | teacher | {metric} (%) | train_s | teacher_s | cache_share_s | jobs sharing the cache | "
+             "total_s x | standalone x | flops x | standalone flops x |", "|---" * 11 + "|"]
+    users = {r["arm"]: (r["extra"].get("cache") or {}).get("users", "-") for r in rows}
     for s in summary:
         m = s["metrics"][metric]
         spread = f" ± {100 * m['std']:.2f}" if m["n"] > 1 else ""
         lines.append(f"| {s['arm']} | {s['teacher']} | {100 * m['mean']:.2f}{spread} | {s['train_s']['mean']:.1f} | "
-                     f"{s['teacher_s']['mean']:.1f} | {s['cache_share_s']['mean']:.1f} | "
+                     f"{s['teacher_s']['mean']:.1f} | {s['cache_share_s']['mean']:.1f} | {users[s['arm']]} | "
                      f"{s['total_s_vs_plain']:.2f} | {s['standalone_s_vs_plain']:.2f} | "
                      f"{s['train_flops_vs_plain']:.2f} | {s['standalone_flops_vs_plain']:.2f} |")
-    for r in (r for r in rows if (r["extra"].get("cache") or {}).get("made_for") == r["experiment"]):
-        c = r["extra"]["cache"]
-        lines.append(f"\ncache of {r['experiment']}: {c['bytes'] / 2**20:.2f} MiB on disk, built in "
-                     f"{c['build_s']:.1f} s ({c['views']} view(s)), shared by {c['users']} job(s)")
-        break
+    lines.append("")
+    for exp in dict.fromkeys(r["experiment"] for r in rows):
+        made = [r["extra"]["cache"] for r in rows if r["experiment"] == exp
+                and (r["extra"].get("cache") or {}).get("made_for") == exp]
+        if made:
+            c = made[0]
+            lines.append(f"cache of {exp}: {c['bytes'] / 2**20:.2f} MiB on disk, built in {c['build_s']:.1f} s "
+                         f"({c['views']} view(s), fields {', '.join(c.get('fields', ['logits']))}), shared by "
+                         f"{c['users']} job(s)")
+        fid = next((r["extra"]["teacher_fidelity"] for r in rows if r["experiment"] == exp
+                    and r["extra"].get("teacher_fidelity")), None)
+        if fid:
+            lines.append(f"{exp}: reduced-precision teacher vs its fp32 self on the eval split: top-1 agreement "
+                         f"{100 * fid['agreement']:.2f}%, mean KL {fid['mean_kl']:.2e}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """The teacher cache in training: cached logits are exactly the online teacher's on the student's own inputs,
 views are a pure function that covers every view before repeating, and the build is charged as a share."""
 import hashlib
+import itertools
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -13,8 +14,10 @@ from leankd.config import load_config
 from leankd.data import randomness as rnd
 from leankd.data.cifar10 import VisionLoader, cifar10_splits
 from leankd.distill.cache import TeacherCache
+from leankd.distill.losses import attention_map
+from leankd.distill.targets import CachedTeacher
 from leankd.experiment import run_experiment
-from leankd.jobs.teacher_cache import CachedLogits, _autocast, _fill
+from leankd.jobs.teacher_cache import _autocast, _fill
 from leankd.models import create_model
 
 from conftest import REPO
@@ -28,23 +31,37 @@ def _loader(data_dir, views, seed=0, n=200):
     return VisionLoader(images, labels, batch_size=64, seed=seed, augment=True, shuffle=True, views=views)
 
 
-def test_cached_logits_equal_the_online_teacher_on_every_training_batch(tmp_path, data_dir):
+def test_cached_targets_equal_the_online_teacher_on_every_training_batch(tmp_path, data_dir):
     torch.manual_seed(0)
     teacher = create_model("resnet8", 10).eval()
-    views, build = 3, _loader(data_dir, views=3)
+    views, build, layers = 3, _loader(data_dir, views=3), ["layer1.0", "layer3.0"]
     job = SimpleNamespace(teacher=teacher, teacher_autocast=_autocast("fp32", CPU), teacher_precision="fp32",
                           device=CPU, cfg=SimpleNamespace(name="exp"))
     cache = TeacherCache(tmp_path, {"test": 1})
-    manifest = cache.build(build.num_samples, views, {"logits": ((10,), "float32")}, _fill(job, build, views, 80))
+    fields = {"logits": ((10,), "float32"), "at.layer1.0": ((32, 32), "float32"), "at.layer3.0": ((8, 8), "float32")}
+    manifest = cache.build(build.num_samples, views, fields, _fill(job, build, views, 80, layers))
     assert manifest["info"]["seconds"] > 0 and manifest["info"]["flops"] > 0
-    cached = CachedLogits(cache.reader(), CPU)
+    cached = CachedTeacher(cache.reader(), CPU)
     for seed in (0, 1):  # two students, each reading its own views
         loader = _loader(data_dir, views=3, seed=seed)
         for epoch in range(views):
             for x, _, key in loader.keyed_epoch(epoch):
                 with torch.inference_mode():
                     online = teacher(x)
-                torch.testing.assert_close(cached(key), online, rtol=1e-5, atol=1e-5)
+                    feats = _features(teacher, x, layers)
+                logits, got = cached(key, layers)
+                torch.testing.assert_close(logits, online, rtol=1e-5, atol=1e-5)
+                for n in layers:
+                    torch.testing.assert_close(got[n]["map"], attention_map(feats[n]), rtol=1e-5, atol=1e-6)
+                assert cached(key, layers, logits=False)[0] is None
+
+
+def _features(model, x, layers):
+    from leankd.distill.taps import Taps
+
+    with Taps(model, layers) as taps:
+        model(x)
+        return {n: f["out"] for n, f in taps.pop().items()}
 
 
 def test_views_are_a_pure_function_covering_every_view_before_repeating():
@@ -73,33 +90,64 @@ def cached_run(tmp_path_factory, data_dir):
     cfg = load_config("tests/configs/tiny-cifar10.yaml", [
         "name=cached", "data.train_limit=256", "data.test_limit=128", "train.epochs=2", "seeds=[0,1]",
         "arms={plain: {method: plain}, online: {method: kd, cache: off}, kd: {method: kd}, "
-        "kd2: {method: kd, alpha: 0.5}}", "metering.isolate_arms=false"])
+        "kd2: {method: kd, alpha: 0.5}, at_online: {method: kd, pairs: skip, cache: off, "
+        "feature_losses: {attention_transfer: 1000}}, at: {method: kd, pairs: skip, "
+        "feature_losses: {attention_transfer: 1000}}, feat: {method: features, pairs: [1, 2], "
+        "feature_losses: {attention_transfer: 1000}}, hint: {method: kd, pairs: skip, "
+        "feature_losses: {hint_mse: 1}}}", "metering.isolate_arms=false"])
     return run_experiment(cfg, data_dir, out), out
 
 
 def test_cached_arm_trains_exactly_like_the_online_arm(cached_run):
     rows, _ = cached_run
     by = {(r["arm"], r["seed"]): r for r in rows}
-    for seed in (0, 1):
-        online, cached = by[("online", seed)], by[("kd", seed)]
+    for seed, (online_arm, cached_arm) in itertools.product((0, 1), [("online", "kd"), ("at_online", "at")]):
+        online, cached = by[(online_arm, seed)], by[(cached_arm, seed)]
         assert online["extra"]["teacher_source"].startswith("online") and cached["extra"]["teacher_source"].startswith(
             "cache")
         np.testing.assert_allclose(cached["extra"]["epoch_loss"], online["extra"]["epoch_loss"], rtol=1e-5)
         assert cached["metrics"] == online["metrics"]
         assert cached["train_flops"] < online["train_flops"]  # no teacher forwards in the cached loop
+        assert cached["teacher_s"] == cached["cache_share_s"] and online["cache_share_s"] == 0 < online["teacher_s"]
+    assert by[("at", 0)]["extra"]["layer_map"] == by[("at_online", 0)]["extra"]["layer_map"]
+    assert by[("feat", 0)]["extra"]["teacher_source"].startswith("cache")  # attention maps only, no logits read
+
+
+def test_arms_whose_targets_are_not_cached_run_online_and_say_why(cached_run):
+    rows, _ = cached_run
+    hint = [r for r in rows if r["arm"] == "hint"]
+    assert hint and all(r["extra"]["teacher_source"].startswith("online: hint_mse") and r["teacher_s"] > 0
+                        and r["cache_share_s"] == 0 for r in hint)
+    fields = next(r for r in rows if r["arm"] == "at")["extra"]["cache"]["fields"]
+    assert fields == ["at.layer1.0", "at.layer2.0", "at.layer3.0", "logits"]  # skip on 3 -> 3 blocks: all of them
+
+
+def test_cache_budget_keeps_arms_that_do_not_fit_online(data_dir, tmp_path):
+    from leankd.experiment.plan import Plan
+    from leankd.tasks import build_task
+
+    arms = ("arms={kd: {method: kd}, at: {method: kd, pairs: [0], feature_losses: {attention_transfer: 1}}, "
+            "at2: {method: kd, pairs: [2], feature_losses: {attention_transfer: 1}}}")
+    # 512 samples x 1 view x float32: logits 20 KB, layer1.0 maps (32x32) 2.1 MB, layer3.0 maps (8x8) 131 KB
+    cfg = load_config(REPO / "tests/configs/tiny-cifar10.yaml", [arms, "cache.max_gb=0.001", "seeds=[0,1]"])
+    plan = Plan.make(cfg, data_dir, tmp_path, build_task(cfg, data_dir))
+    assert plan.teacher_source("kd") == (True, "cache: auto, 4 jobs of this experiment share it")
+    use, why = plan.teacher_source("at")
+    assert not use and why == "online: with its targets the cache would take 0.00212 GB, over cache.max_gb 0.001"
+    assert plan.teacher_source("at2")[0] and plan.cache_layout[1] == {"layer3.0": (8, 8)}  # only what fits
 
 
 def test_cache_build_is_charged_as_a_share_of_its_users(cached_run):
     rows, out = cached_run
-    cached = [r for r in rows if r["arm"] in ("kd", "kd2")]
+    cached = [r for r in rows if r["arm"] in ("kd", "kd2", "at", "feat")]
     build = cached[0]["extra"]["cache"]
-    assert len(cached) == 4 and build["users"] == 4 and build["made_for"] == "cached"
+    assert len(cached) == 8 and build["users"] == 8 and build["made_for"] == "cached"
     for r in cached:
-        assert r["cache_share_s"] == pytest.approx(build["build_s"] / 4)
+        assert r["cache_share_s"] == pytest.approx(build["build_s"] / 8)
         assert r["total_s"] == r["train_s"] + r["cache_share_s"] + r["ranking_share_s"]
-        assert r["cache_share_flops"] == build["build_flops"] // 4
+        assert r["cache_share_flops"] == build["build_flops"] // 8
         assert r["total_flops"] == r["train_flops"] + r["cache_share_flops"]
-        assert "/ 4 job(s) of this experiment" in r["sources"]["cache_share_s"]
+        assert "/ 8 job(s) of this experiment" in r["sources"]["cache_share_s"]
     online = [r for r in rows if r["arm"] == "online"]
     assert all(r["cache_share_s"] == 0 and r["teacher_s"] > 0 for r in online)
     assert len({r["extra"]["cache"]["path"] for r in cached}) == 1  # one cache shared by every cached job

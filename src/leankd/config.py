@@ -144,6 +144,8 @@ class CacheConfig(_Strict):
                                                   "what the online teacher gives)")
     batch_size: int | None = Field(None, gt=0, description="teacher batch for the build (default: 4x train for "
                                    "images, 1x for text: less padding)")
+    max_gb: float = Field(4.0, gt=0, description="disk budget of the cache (GB): arms join it in config order; one "
+                          "whose targets (logits, attention maps) would take it past this runs its teacher online")
 
 
 class MeteringConfig(_Strict):

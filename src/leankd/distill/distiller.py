@@ -12,7 +12,8 @@ outputs dropped as soon as the loss is computed. A features-only arm never needs
 its teacher forward stops right after the last tapped layer call in execution order (counted once, on the
 dry forward that sizes the adapters). Seconds spent in teacher forwards are read from `teacher_s` (a
 breakdown of the training time, not added to it; timed with CUDA events, so no per-step sync) and zeroed
-with `reset_teacher_time()`.
+with `reset_teacher_time()`. With `cached` (a `targets.CachedTeacher`) no teacher runs: its logits and the
+attention maps of attention-transfer pairs come from the teacher cache, exactly what the online teacher computes.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from leankd.device import Timer
 from leankd.distill import losses
 from leankd.distill.adapters import make_adapter
 from leankd.distill.taps import Taps
+from leankd.distill.targets import CACHEABLE_LOSSES
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -40,14 +42,17 @@ class Distiller(nn.Module):
         super().__init__()
         self.student, self.arm, self.label_smoothing, self.regression = student, arm, label_smoothing, regression
         self.needs_teacher = arm.method != "plain"
-        self.cached = cached  # key -> the teacher's logits for that batch, read from a teacher cache
+        self.cached = cached  # (key, layers, logits) -> the teacher's targets for that batch, from a teacher cache
         self.teacher_autocast = teacher_autocast or contextlib.nullcontext  # the teacher's own precision
         if self.needs_teacher and teacher is None and cached is None:
             raise ValueError(f"arm method '{arm.method}' needs a teacher or a teacher cache")
-        if cached is not None and (pairs or arm.method != "kd"):
-            raise ValueError("a teacher cache holds logits only: layer pairs need the teacher online")
+        uncached = sorted({p.loss for p in pairs} - CACHEABLE_LOSSES)
+        if cached is not None and uncached:
+            raise ValueError(f"a teacher cache holds logits and attention maps only: {', '.join(uncached)} needs "
+                             "the teacher online")
         # Kept outside the module tree so .train()/.parameters()/state_dict() never touch the teacher.
-        self.__dict__["teacher"] = freeze(teacher) if (teacher is not None and self.needs_teacher) else None
+        online = teacher is not None and self.needs_teacher and cached is None
+        self.__dict__["teacher"] = freeze(teacher) if online else None
         self._teacher_timer: Timer | None = None  # made on the first teacher forward, on the input's device
         self.pairs = list(pairs)
         self.adapters = nn.ModuleDict()  # trained with the student (they are in this module's parameters)
@@ -57,25 +62,29 @@ class Distiller(nn.Module):
             self.s_taps = Taps(student, [p.student for p in self.pairs], qkv=qkv)
             # features only: no teacher logits needed, so the teacher forward is cut after its last tapped call
             self.t_taps = Taps(self.teacher, [p.teacher for p in self.pairs], qkv=qkv,
-                               truncate=arm.method == "features")
+                               truncate=arm.method == "features") if cached is None else None
             self._build_adapters(example)
 
     @torch.no_grad()
     def _build_adapters(self, example) -> None:
         """One dry forward of each model on a real 2-sample batch gives the shapes the adapters map between
-        (and, for a truncated teacher, the hook call after which its forward stops)."""
+        (and, for a truncated teacher, the hook call after which its forward stops). A cached teacher is not run:
+        its targets are attention maps, which need no adapter."""
         if example is None:
             raise ValueError("layer pairs need an example batch to infer adapter shapes")
         was = self.student.training
         self.student.eval()  # eval: no BatchNorm statistics updated by the dry pass
         logits_of(self.student, example)
         self.student.train(was)
-        if self.t_taps.truncate:
+        if self.t_taps is not None and self.t_taps.truncate:
             self.t_taps.calibrate(logits_of, self.teacher, example)  # a full forward, counting hook calls
-        else:
+        elif self.t_taps is not None:
             logits_of(self.teacher, example)
-        s_feats, t_feats = self.s_taps.pop(), self.t_taps.pop()
+        s_feats, t_feats = self.s_taps.pop(), self.t_taps.pop() if self.t_taps is not None else {}
         for i, p in enumerate(self.pairs):
+            if p.teacher not in t_feats:  # cached: attention maps only
+                p.adapter = "none"
+                continue
             module, p.adapter = make_adapter(p.loss, tuple(s_feats[p.student]["out"].shape),
                                              tuple(t_feats[p.teacher]["out"].shape))
             if module is not None:
@@ -116,8 +125,9 @@ class Distiller(nn.Module):
             if p.loss == "attention_relation":
                 value = sum(losses.attention_relation(s[a], t[a], heads, mask, s[b], t[b])
                             for a, b in self.arm.relations) / len(self.arm.relations)
-            elif p.loss == "attention_transfer":
-                value = losses.attention_transfer(s["out"], t["out"])
+            elif p.loss == "attention_transfer":  # the teacher's map comes from the cache or from its features
+                t_map = t["map"] if "map" in t else losses.attention_map(t["out"])
+                value = losses.attention_transfer_maps(losses.attention_map(s["out"]), t_map)
             else:
                 s_out = self.adapters[str(i)](s["out"]) if str(i) in self.adapters else s["out"]
                 value = getattr(losses, p.loss)(s_out, t["out"], mask) if s_out.ndim == 3 else \
@@ -131,7 +141,10 @@ class Distiller(nn.Module):
         if not self.needs_teacher:
             return {"loss": losses.label_loss(logits, y, self.regression, self.label_smoothing), "logits": logits}
         s_feats = self.s_taps.pop() if self.s_taps is not None else {}
-        t_logits, t_feats = (self.cached(key), {}) if self.cached is not None else self.teacher_outputs(x)
+        if self.cached is not None:
+            t_logits, t_feats = self.cached(key, [p.teacher for p in self.pairs], logits=self.arm.method != "features")
+        else:
+            t_logits, t_feats = self.teacher_outputs(x)
         if self.arm.method == "features":  # the labels' loss; the teacher speaks through features only
             out = {"loss": losses.label_loss(logits, y, self.regression, self.label_smoothing)}
         elif self.regression:  # STS-B: match the teacher's prediction (MSE) beside the gold score

@@ -101,9 +101,21 @@ def hint_cosine(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = No
     return (1 - F.cosine_similarity(s, t, dim=1 if s.dim() == 4 else -1)).mean()
 
 
-def _attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
-    """(B, C, H, W) -> (B, 1, H, W): channel mean of activation^p (not yet normalised)."""
-    return f.pow(p).mean(1, keepdim=True)
+def attention_map(f: torch.Tensor, p: float = 2) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 1, H, W) float32: channel mean of activation^p, not yet normalised (what a teacher cache
+    stores for attention transfer: H x W floats per sample, whatever C is)."""
+    if f.dim() != 4:
+        raise ValueError(f"attention_transfer needs convolutional feature maps (B, C, H, W), got {tuple(f.shape)}; "
+                         "for transformer layers use hint_mse, hint_cosine or attention_relation")
+    return f.float().pow(p).mean(1, keepdim=True)
+
+
+def attention_transfer_maps(a_s: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """The attention-transfer loss between two attention maps (B, 1, H, W) from `attention_map`: the larger map
+    average-pooled to the smaller size, each flattened and L2-normalised, then the mean squared difference."""
+    a_s, a_t = align_spatial(a_s, a_t)
+    a_s, a_t = (F.normalize(a.flatten(1), dim=1) for a in (a_s, a_t))
+    return (a_s - a_t).pow(2).mean()
 
 
 def attention_transfer(s: torch.Tensor, t: torch.Tensor, p: float = 2) -> torch.Tensor:
@@ -112,13 +124,7 @@ def attention_transfer(s: torch.Tensor, t: torch.Tensor, p: float = 2) -> torch.
     s (B, C_s, H_s, W_s), t (B, C_t, H_t, W_t): each map is the channel mean of f^p (so C_s != C_t is fine);
     when H, W differ the larger *map* is average-pooled to the smaller size (pooling the signed features
     first would let positive and negative activations cancel), then each map is flattened and L2-normalised."""
-    if s.dim() != 4 or t.dim() != 4:
-        raise ValueError(f"attention_transfer needs convolutional feature maps (B, C, H, W), got student "
-                         f"{tuple(s.shape)} and teacher {tuple(t.shape)}; for transformer layers use hint_mse, "
-                         "hint_cosine or attention_relation")
-    a_s, a_t = align_spatial(_attention_map(s.float(), p), _attention_map(t.float(), p))
-    a_s, a_t = (F.normalize(a.flatten(1), dim=1) for a in (a_s, a_t))
-    return (a_s - a_t).pow(2).mean()
+    return attention_transfer_maps(attention_map(s, p), attention_map(t, p))
 
 
 def relation_log_probs(x: torch.Tensor, y: torch.Tensor, heads: int,

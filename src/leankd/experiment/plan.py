@@ -6,10 +6,12 @@
     plan.row_identity("kd")                          # settings + data files + teacher weights: the row's identity
 
 Whether a job runs the teacher, which teacher layers a text student starts from, where the teacher comes from
-and how the ranking's cost is shared are decided here and nowhere else.
+(online or a cache, and what the cache holds) and how the ranking's cost is shared are decided here and nowhere
+else.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from leankd.device import resolve_device
 from leankd.distill.cache import TeacherCache
 from leankd.distill.selection import init_layer_indices, layer_map, preset_layers
 from leankd.distill.taps import candidate_layers, qkv_modules
+from leankd.distill.targets import MAP_PREFIX, arm_fields, field_bytes, map_field, map_shapes, uncached_losses
 from leankd.errors import ModelError
 from leankd.experiment import teachers
 from leankd.jobs.spec import JobSpec
@@ -55,6 +58,34 @@ def check_layers(cfg, task) -> dict[str, list[int] | None]:
     return init
 
 
+def cache_targets(cfg, task, init: dict) -> tuple[dict[str, list[str] | str], dict[str, tuple]]:
+    """Per distilled arm: the cache fields it would read, or why it cannot read a cache; the per-sample shape of
+    each attention map any arm would read (one dry forward of the untrained teacher). An `auto` arm's layers come
+    from a ranking made after the teacher is trained, so it may read any candidate layer: all are cached."""
+    fields: dict[str, list[str] | str] = {}
+    teacher, layers = None, {}
+    for name, arm in cfg.arms.items():
+        uncached = uncached_losses(arm)
+        if arm.method == "plain":
+            continue
+        if uncached:
+            fields[name] = (f"online: {', '.join(uncached)} compare(s) whole teacher features; a cache holds logits "
+                            "and attention maps only")
+        elif not arm.pairs:
+            fields[name] = arm_fields(arm, [])
+        elif task is None:
+            fields[name] = "online: the teacher's feature shapes are not known at planning (a caller's modules)"
+        else:
+            teacher = teacher or task.build_model(cfg.teacher.model)
+            student = task.build_model(cfg.student.model, init.get(name), teacher)
+            names = candidate_layers(teacher) if arm.pairs == "auto" else [t for _, t in layer_map(arm, student,
+                                                                                                   teacher)]
+            fields[name] = arm_fields(arm, names)
+            layers.update(dict.fromkeys(names))
+    example = task.train_loader(2, 0).example(None, 2)[0] if layers else None
+    return fields, map_shapes(teacher, example, list(layers)) if layers else {}
+
+
 @dataclass
 class Plan:
     cfg: object
@@ -65,6 +96,10 @@ class Plan:
     user_student: bool = False
     user_teacher: bool = False
     data_files: list = field(default_factory=list)
+    arm_fields: dict = field(default_factory=dict)  # arm -> cache fields it would read, or why it cannot
+    target_shapes: dict = field(default_factory=dict)  # cache field -> per-sample shape of an attention map
+    train_samples: int | None = None
+    num_outputs: int | None = None
 
     def _spec(self, **kw) -> JobSpec:
         return JobSpec(config=self.cfg.model_dump(mode="json"), data_dir=str(self.data_dir),
@@ -81,7 +116,8 @@ class Plan:
         cfg = self.cfg
         return {"teacher": self.key, "weights": teachers.teacher_weights(self.out_dir, self.key),
                 "data": self.data_files, "data_settings": cfg.data.model_dump(mode="json"),
-                "views": self.views(cfg.train.epochs), "aug_seed": cfg.cache.seed, "targets": ["logits"],
+                "views": self.views(cfg.train.epochs), "aug_seed": cfg.cache.seed,
+                "targets": ["logits", *sorted(map_field(n) for n in self.cache_layout[1])],
                 "precision": cfg.teacher.precision if cfg.teacher.precision != "same"
                 else resolve(cfg.precision, resolve_device(cfg.device))[0], "dtype": cfg.cache.dtype}
 
@@ -89,24 +125,48 @@ class Plan:
         """The arms whose jobs read the teacher from the cache (`teacher_source` says why for each)."""
         return [a for a in self.cfg.arms if self.teacher_source(a)[0]]
 
+    @functools.cached_property
+    def cache_layout(self) -> tuple[dict[str, str], dict[str, tuple]]:
+        """(arm -> why it runs the teacher online, "" when its targets are in the cache; the cache's attention
+        maps, layer -> per-sample shape). Arms join in config order while the cache stays within cache.max_gb."""
+        cfg, why, maps = self.cfg, {}, {}
+        views, itemsize = self.views(cfg.train.epochs), 2 if cfg.cache.dtype == "float16" else 4
+        for arm, want in self.arm_fields.items():
+            if isinstance(want, str) or (cfg.arms[arm].cache or cfg.cache.mode) == "off":
+                why[arm] = want if isinstance(want, str) else "online: cache mode off"
+                continue
+            more = {**maps, **{f[len(MAP_PREFIX):]: self.target_shapes[f] for f in want if f != "logits"}}
+            size = field_bytes({"logits": (self.num_outputs or 0,), **more}, self.train_samples or 0, views,
+                               itemsize)
+            if size > cfg.cache.max_gb * 1e9:
+                why[arm] = (f"online: with its targets the cache would take {size / 1e9:.3g} GB, over cache.max_gb "
+                            f"{cfg.cache.max_gb:g}")
+                continue
+            why[arm], maps = "", more
+        return why, maps
+
     def teacher_source(self, arm: str) -> tuple[bool, str]:
         """(read the teacher from the cache, why) for `arm`; the reason is recorded in its rows."""
         acfg, cfg = self.cfg.arms[arm], self.cfg
         if acfg.method == "plain":
             return False, "none: a plain arm runs no teacher"
-        if acfg.pairs or acfg.method != "kd":
-            return False, "online: layer pairs need the teacher's features (only logits are cached)"
-        mode = acfg.cache or cfg.cache.mode
-        if mode != "auto":
-            return mode == "on", f"{'cache' if mode == 'on' else 'online'}: cache mode {mode}"
-        cacheable = [a for a, c in cfg.arms.items() if c.method == "kd" and not c.pairs
-                     and (c.cache or cfg.cache.mode) in ("auto", "on")]
-        jobs = len(cacheable) * len(cfg.seeds)
+        out = self.cache_layout[0][arm]
+        if out:
+            return False, out
+        if (acfg.cache or cfg.cache.mode) == "on":
+            return True, "cache: cache mode on"
+        jobs = sum(not why for why in self.cache_layout[0].values()) * len(cfg.seeds)
         if jobs >= 2:
             return True, f"cache: auto, {jobs} jobs of this experiment share it"
-        if TeacherCache(self.out_dir / "cache" / "teacher", self.cache_key()).is_valid():
+        if self._valid_cache_exists:
             return True, "cache: auto, a valid cache for this teacher and data exists"
         return False, "online: auto, a cache would serve one job only"
+
+    @functools.cached_property
+    def _valid_cache_exists(self) -> bool:  # hashes every shard: asked once per plan
+        if not teachers.is_stored(self.out_dir, self.key):
+            return False  # no teacher yet, so no cache of its outputs
+        return TeacherCache(self.out_dir / "cache" / "teacher", self.cache_key()).is_valid()
 
     def _cache_spec(self, arm: str) -> tuple[dict | None, str]:
         use, why = self.teacher_source(arm)
@@ -115,7 +175,7 @@ class Plan:
         cfg = self.cfg
         return {"root": str((self.out_dir / "cache" / "teacher").resolve()), "key": self.cache_key(),
                 "dtype": cfg.cache.dtype, "batch_size": cfg.cache.batch_size or self.build_batch(),
-                "users": len(self.cache_users()) * len(cfg.seeds)}, why
+                "users": len(self.cache_users()) * len(cfg.seeds), "maps": self.cache_layout[1]}, why
 
     def build_batch(self) -> int:
         """The cache build's teacher batch: 4x the training batch for images (no backward, so memory allows it);
@@ -167,6 +227,9 @@ class Plan:
     def make(cls, cfg, data_dir: Path, out_dir: Path, task=None, student=None, teacher=None) -> "Plan":
         """The plan of `cfg`; with `task`, every arm's layers are checked against the real models first."""
         init = check_layers(cfg, task) if task is not None else {}
+        fields, shapes = cache_targets(cfg, task, init)
         files = data_identity(cfg, Path(data_dir))  # content hashes: hashed once per experiment
         return cls(cfg, Path(data_dir), Path(out_dir), teachers.teacher_key(cfg, files, teacher), init,
-                   user_student=student is not None, user_teacher=teacher is not None, data_files=files)
+                   user_student=student is not None, user_teacher=teacher is not None, data_files=files,
+                   arm_fields=fields, target_shapes=shapes, train_samples=task.num_train() if task else None,
+                   num_outputs=task.num_outputs if task else None)

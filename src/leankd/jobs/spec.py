@@ -37,7 +37,8 @@ class JobSpec:
     ranking_dir: str | None = None   # pairs=auto: where the teacher's layer ranking is stored
     ranking_users: int = 1           # jobs of this experiment that share the ranking's cost
     views: int = 1                   # augmentation views of the training data (the teacher cache's views)
-    cache: dict | None = None        # read the teacher from this cache: {"root", "key", "dtype", "batch_size", "users"}
+    cache: dict | None = None        # read the teacher from this cache: {"root", "key", "dtype", "batch_size", "users",
+                                     #   "maps": layer -> attention-map shape}
     teacher_source: str = ""         # why the teacher is cached, online or unused (recorded in the row)
 
     @property

@@ -61,7 +61,7 @@ class Job:
     # filled by build_distiller, train, evaluate, meter, save
     loader: object = None
     distiller: Distiller | None = None
-    cached: object = None  # teacher_cache: batch key -> the teacher's logits
+    cached: object = None  # teacher_cache: batch key -> the teacher's logits and attention maps
     teacher_precision: str = "fp32"  # teacher_setup: the teacher's own precision when distilling
     teacher_autocast: object = None
     optimizer: torch.optim.Optimizer | None = None
@@ -140,6 +140,8 @@ def build_distiller(job: Job) -> None:
     job.distiller = Distiller(job.model, teacher, arm, job.optim.label_smoothing,
                               regression=job.task.is_regression, pairs=pairs, example=example, cached=job.cached,
                               teacher_autocast=job.teacher_autocast)
+    if job.cached is not None:
+        job.teacher = None  # training reads the cache: the teacher is not kept in memory
     if pairs:
         log.info("%s layer pairs (student <- teacher): %s", spec.arm, describe(pairs))
         job.extra.update(layer_pairs=[p.to_dict() for p in pairs], layer_map=describe(pairs),

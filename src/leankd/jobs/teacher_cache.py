@@ -1,11 +1,12 @@
 """The teacher side of a job: the teacher's own precision (and what it costs in fidelity), and its output cache.
 
     teacher_setup(job)   # job.teacher_autocast; a reduced precision's fidelity: extra["teacher_fidelity"]
-    teacher_cache(job)   # job.cached: batch key -> the teacher's logits for exactly those inputs and views
+    teacher_cache(job)   # job.cached: batch key -> the teacher's targets for exactly those inputs and views
 
 The build runs the teacher once, in inference mode at its own batch size, over every training sample in
-each of the cache's views (the same augmented inputs the students get), stores logits, and records its
-seconds and FLOPs in the cache manifest; the ledger charges them to the jobs that share the cache.
+each of the cache's views (the same augmented inputs the students get), stores logits and the attention maps of
+the layers its users distil (`spec.cache["fields"]`, decided at planning), and records its seconds and FLOPs in
+the cache manifest; the ledger charges them to the jobs that share the cache.
 """
 from __future__ import annotations
 
@@ -19,22 +20,13 @@ import torch.nn.functional as F
 from leankd.batching import logits_of, to_device
 from leankd.device import sync
 from leankd.distill.cache import TeacherCache
+from leankd.distill.taps import Taps
+from leankd.distill.targets import CachedTeacher, map_field, map_summary
 from leankd.errors import CheckpointError
 from leankd.metering.flops import count_flops
 from leankd.train import predict
 
 log = logging.getLogger(__name__)
-
-
-class CachedLogits:
-    """Reads the teacher's logits for a batch key {"index", "view"} from a cache, as float32 on `device`."""
-
-    def __init__(self, reader, device: torch.device):
-        self.reader, self.device = reader, device
-
-    def __call__(self, key: dict) -> torch.Tensor:
-        values = self.reader.get("logits", key["view"], key["index"])
-        return torch.from_numpy(values).to(self.device, non_blocking=True).float()
 
 
 def _autocast(name: str, device: torch.device):
@@ -83,12 +75,13 @@ def _build_order(loader) -> np.ndarray:
     return np.argsort(lengths, kind="stable") if lengths is not None else np.arange(loader.num_samples)
 
 
-def _fill(job, loader, views: int, batch_size: int):
+def _fill(job, loader, views: int, batch_size: int, layers=()):
+    """The build: logits, and the attention maps of `layers` (captured by hooks), for every sample and view."""
     def fill(writer) -> None:
         teacher, order, shapes = job.teacher, _build_order(loader), {}
         sync(job.device)
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), Taps(teacher, list(layers), summary=map_summary) as taps:
             for view in range(views):
                 for start in range(0, len(order), batch_size):
                     idx = order[start:start + batch_size]
@@ -96,6 +89,8 @@ def _fill(job, loader, views: int, batch_size: int):
                     with job.teacher_autocast():
                         logits = logits_of(teacher, x)
                     writer.write("logits", view, idx, logits.float().cpu().numpy())
+                    for name, feats in taps.pop().items():
+                        writer.write(map_field(name), view, idx, feats["summary"][:, 0].cpu().numpy())
                     shapes[_shape_of(x)] = shapes.get(_shape_of(x), 0) + len(idx)
         sync(job.device)
         seconds = time.perf_counter() - t0
@@ -105,13 +100,15 @@ def _fill(job, loader, views: int, batch_size: int):
             with torch.inference_mode(), job.teacher_autocast():
                 flops += n * count_flops(lambda: logits_of(teacher, x2)) // 2
         writer.info.update(seconds=seconds, flops=flops, experiment=job.cfg.name, samples=len(order), views=views,
-                           batch_size=batch_size, precision=job.teacher_precision, device=str(job.device))
+                           batch_size=batch_size, precision=job.teacher_precision, device=str(job.device),
+                           flops_note="teacher forwards; the attention maps' channel means are not counted")
         log.info("teacher cache: %d samples x %d view(s) in %.1f s, %.3g FLOP", len(order), views, seconds, flops)
     return fill
 
 
 def teacher_cache(job) -> None:
-    """Open (or build, then open) the spec's teacher cache; a job without one runs the teacher online."""
+    """Open (or build, then open) the spec's teacher cache; a job without one runs the teacher online. The teacher
+    stays loaded until the distiller is built (its layer names resolve the pairs), then it is dropped."""
     spec = job.spec
     if spec.cache is None:
         return
@@ -121,12 +118,15 @@ def teacher_cache(job) -> None:
     except CheckpointError:  # absent or damaged: build it (under a lock; another process may finish it first)
         loader = job.task.train_loader(job.optim.batch_size, spec.seed, views=spec.views)
         job.teacher.eval()
-        cache.build(loader.num_samples, spec.views, {"logits": ((job.task.num_outputs,), spec.cache["dtype"])},
-                    _fill(job, loader, spec.views, spec.cache["batch_size"]))
+        dtype, maps = spec.cache["dtype"], spec.cache.get("maps", {})
+        fields = {"logits": ((job.task.num_outputs,), dtype),
+                  **{map_field(n): (tuple(shape), dtype) for n, shape in maps.items()}}
+        cache.build(loader.num_samples, spec.views, fields, _fill(job, loader, spec.views, spec.cache["batch_size"],
+                                                                  list(maps)))
         reader = cache.reader()
-    job.cached = CachedLogits(reader, job.device)
+    job.cached = CachedTeacher(reader, job.device)
     info = reader.manifest.get("info", {})
     job.extra["cache"] = {"path": str(cache.path), "build_s": info.get("seconds"), "build_flops": info.get("flops"),
                           "made_for": info.get("experiment"), "users": spec.cache["users"],
-                          "views": spec.views, "dtype": spec.cache["dtype"], "bytes": cache.size_bytes()}
-    job.teacher = None  # training reads the cache: the teacher is not kept in memory
+                          "views": spec.views, "dtype": spec.cache["dtype"], "bytes": cache.size_bytes(),
+                          "fields": sorted(reader.manifest["fields"])}

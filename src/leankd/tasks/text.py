@@ -45,6 +45,11 @@ class TextTask:
         return TextLoader(enc, labels, batch_size, seed=seed, shuffle=True, bucket=self.cfg.data.bucket,
                           pad_id=self.tokenizer.pad_token_id or 0)
 
+    def num_train(self) -> int:
+        """Training examples (train_limit applied), counted from the TSV without tokenising."""
+        n = len(load_glue(self.data_dir, self.glue.name, "train").labels)
+        return min(self.cfg.data.train_limit or n, n)
+
     def eval_loader(self, split: str, batch_size: int) -> TextLoader | None:
         if split == "val":
             return None  # GLUE reports on dev; no validation split is carved from train here

@@ -26,6 +26,9 @@ class VisionTask:
         return VisionLoader(*self.splits["train"], batch_size=batch_size, seed=seed, augment=self.cfg.data.augment,
                             shuffle=True, views=views, aug_seed=self.cfg.cache.seed)
 
+    def num_train(self) -> int:
+        return len(self.splits["train"][1])
+
     def eval_loader(self, split: str, batch_size: int) -> VisionLoader | None:
         data = self.splits.get(split)
         return VisionLoader(*data, batch_size=batch_size) if data is not None else None
