@@ -33,11 +33,14 @@ def uses_teacher(cfg, arm: ArmConfig) -> bool:
     return arm.method != "plain" or arm.layers is not None or cfg.student.layers is not None
 
 
-def check_layers(cfg, task) -> dict[str, list[int] | None]:
+def check_layers(cfg, task) -> tuple[dict[str, list[int] | None], dict[str, list[str]], object]:
     """Resolve every arm's layers against the real (untrained) models before any training starts, so a typo
     or an out-of-range index fails in seconds with a did-you-mean hint, not after the teacher. Returns the
-    teacher encoder layers each arm's student starts from (None: a model of its own)."""
+    teacher encoder layers each arm's student starts from (None: a model of its own), the teacher layers each
+    arm with pairs reads (every candidate for `auto`, ranked only after the teacher is trained), and the
+    untrained teacher they were resolved on (None when no arm needed it)."""
     init: dict[str, list[int] | None] = {name: None for name in cfg.arms}
+    reads: dict[str, list[str]] = {}
     arms = {n: a for n, a in cfg.arms.items() if a.pairs or a.layers is not None or cfg.student.layers}
     teacher = task.build_model(cfg.teacher.model) if arms else None
     for name, arm in arms.items():
@@ -47,23 +50,24 @@ def check_layers(cfg, task) -> dict[str, list[int] | None]:
             student = task.build_model(cfg.student.model, init[name], teacher)
             if arm.pairs == "auto":  # the ranking needs the trained teacher; check the depths now
                 preset_layers("last", len(candidate_layers(student)), len(candidate_layers(teacher)))
-            elif arm.pairs and "attention_relation" in arm.feature_losses:
-                for s_name, t_name in layer_map(arm, student, teacher):
+                reads[name] = candidate_layers(teacher)
+            elif arm.pairs:
+                pairs = layer_map(arm, student, teacher)
+                for s_name, t_name in pairs if "attention_relation" in arm.feature_losses else ():
                     qkv_modules(student.get_submodule(s_name), s_name)
                     qkv_modules(teacher.get_submodule(t_name), t_name)
-            elif arm.pairs:
-                layer_map(arm, student, teacher)
+                reads[name] = [t for _, t in pairs]
         except ModelError as err:
             raise ModelError(f"arm '{name}': {err}") from None
-    return init
+    return init, reads, teacher
 
 
-def cache_targets(cfg, task, init: dict) -> tuple[dict[str, list[str] | str], dict[str, tuple]]:
+def cache_targets(cfg, task, reads: dict[str, list[str]], teacher) -> tuple[dict[str, list[str] | str],
+                                                                          dict[str, tuple]]:
     """Per distilled arm: the cache fields it would read, or why it cannot read a cache; the per-sample shape of
-    each attention map any arm would read (one dry forward of the untrained teacher). An `auto` arm's layers come
-    from a ranking made after the teacher is trained, so it may read any candidate layer: all are cached."""
+    each attention map any arm would read (one dry forward of the untrained teacher `check_layers` built).
+    `reads`: the teacher layers each arm with pairs reads (from `check_layers`)."""
     fields: dict[str, list[str] | str] = {}
-    teacher, layers = None, {}
     for name, arm in cfg.arms.items():
         uncached = uncached_losses(arm)
         if arm.method == "plain":
@@ -71,19 +75,14 @@ def cache_targets(cfg, task, init: dict) -> tuple[dict[str, list[str] | str], di
         if uncached:
             fields[name] = (f"online: {', '.join(uncached)} compare(s) whole teacher features; a cache holds logits "
                             "and attention maps only")
-        elif not arm.pairs:
-            fields[name] = arm_fields(arm, [])
-        elif task is None:
+        elif arm.pairs and name not in reads:
             fields[name] = "online: the teacher's feature shapes are not known at planning (a caller's modules)"
         else:
-            teacher = teacher or task.build_model(cfg.teacher.model)
-            student = task.build_model(cfg.student.model, init.get(name), teacher)
-            names = candidate_layers(teacher) if arm.pairs == "auto" else [t for _, t in layer_map(arm, student,
-                                                                                                   teacher)]
-            fields[name] = arm_fields(arm, names)
-            layers.update(dict.fromkeys(names))
-    example = task.train_loader(2, 0).example(None, 2)[0] if layers else None
-    return fields, map_shapes(teacher, example, list(layers)) if layers else {}
+            fields[name] = arm_fields(arm, reads.get(name, []))
+    layers = list(dict.fromkeys(n for name, f in fields.items() if not isinstance(f, str) for n in reads.get(name, [])))
+    if not layers:
+        return fields, {}
+    return fields, map_shapes(teacher, task.train_loader(2, 0).example(None, 2)[0], layers)
 
 
 @dataclass
@@ -226,8 +225,8 @@ class Plan:
     @classmethod
     def make(cls, cfg, data_dir: Path, out_dir: Path, task=None, student=None, teacher=None) -> "Plan":
         """The plan of `cfg`; with `task`, every arm's layers are checked against the real models first."""
-        init = check_layers(cfg, task) if task is not None else {}
-        fields, shapes = cache_targets(cfg, task, init)
+        init, reads, teacher_model = check_layers(cfg, task) if task is not None else ({}, {}, None)
+        fields, shapes = cache_targets(cfg, task, reads, teacher_model)
         files = data_identity(cfg, Path(data_dir))  # content hashes: hashed once per experiment
         return cls(cfg, Path(data_dir), Path(out_dir), teachers.teacher_key(cfg, files, teacher), init,
                    user_student=student is not None, user_teacher=teacher is not None, data_files=files,

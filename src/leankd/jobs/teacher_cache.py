@@ -5,7 +5,7 @@
 
 The build runs the teacher once, in inference mode at its own batch size, over every training sample in
 each of the cache's views (the same augmented inputs the students get), stores logits and the attention maps of
-the layers its users distil (`spec.cache["fields"]`, decided at planning), and records its seconds and FLOPs in
+the layers its users distil (`spec.cache["maps"]`, decided at planning), and records its seconds and FLOPs in
 the cache manifest; the ledger charges them to the jobs that share the cache.
 """
 from __future__ import annotations
