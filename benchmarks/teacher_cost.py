@@ -6,8 +6,9 @@
 For each pair (CIFAR-10 ResNet-20 -> ResNet-8, SST-2 MiniLM-L6 -> 3 layers; the findings configs) it runs, with
 one stored teacher and its forwards in fp32: every arm of the findings experiment (`cache: auto`, so the cache is
 shared by all its distilled jobs whose targets it holds; an arm whose targets are not cacheable runs online and
-its row says why) plus `kd_online`, the `kd` arm with the teacher online; then, as a separate experiment,
-`kd_cached_bf16`, `kd` reading a cache built by a bf16 teacher. It prints per arm the metric (mean +- std over
+its row says why) plus `kd_online`, the `kd` arm with the teacher online; then, each as a separate experiment,
+`kd_cached_bf16`, `kd` reading a cache built by a bf16 teacher, and for SST-2 `kd_cached_int8` (the teacher's
+Linear layers dynamically quantised to int8). It prints per arm the metric (mean +- std over
 seeds), train_s, teacher_s, cache_share_s, how many jobs share the cache, total_s and total FLOPs as ratios to
 `plain` (amortised: the build shared by its users; standalone: the whole build on one job), the cache's size
 and build seconds. Ratios come from one run on one machine; absolute seconds are this machine's only.
@@ -26,6 +27,7 @@ from leankd.results.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = {"cifar10": "configs/findings/cifar10-resnet20-resnet8.yaml", "sst2": "configs/findings/sst2-minilm6-3l.yaml"}
+REDUCED = {"cifar10": ["bf16"], "sst2": ["bf16", "int8"]}  # int8: dynamic quantisation of Linear layers (text only)
 QUICK = {"cifar10": ["data.train_limit=2000", "data.test_limit=1000", "teacher.train.epochs=2", "train.epochs=2"],
          "sst2": ["data.train_limit=2000", "data.test_limit=300"]}
 
@@ -38,11 +40,13 @@ def run_pair(pair: str, args) -> list[dict]:
     cfg = load_config(path, over)
     cfg.arms["kd_online"] = cfg.arms["kd"].model_copy(update={"cache": "off"})
     run_experiment(cfg, args.data_dir, args.out)  # a rerun resumes
-    bf16 = load_config(path, over + [f"name=bench-{pair}-bf16-teacher", "teacher.precision=bf16"])
-    bf16.arms = {"kd_cached_bf16": bf16.arms["kd"].model_copy(update={"cache": "on"})}
-    run_experiment(bf16, args.data_dir, args.out)
+    for prec in REDUCED[pair]:
+        reduced = load_config(path, over + [f"name=bench-{pair}-{prec}-teacher", f"teacher.precision={prec}"])
+        reduced.arms = {f"kd_cached_{prec}": reduced.arms["kd"].model_copy(update={"cache": "on"})}
+        run_experiment(reduced, args.data_dir, args.out)
     store = ResultsStore(Path(args.out) / "results.db")
-    return store.rows(f"bench-{pair}") + store.rows(f"bench-{pair}-bf16-teacher")
+    return [r for exp in [f"bench-{pair}", *(f"bench-{pair}-{p}-teacher" for p in REDUCED[pair])]
+            for r in store.rows(exp)]
 
 
 def table(pair: str, rows: list[dict]) -> str:

@@ -173,3 +173,36 @@ def test_teacher_precision_is_not_part_of_the_stored_teachers_identity():
     other = load_config(REPO / "tests/configs/tiny-cifar10.yaml", ["teacher.precision=bf16"])
     assert teacher_key(cfg, ["f"]) == teacher_key(other, ["f"])  # same weights: not trained twice
     assert teacher_key(cfg, ["f"]) != teacher_key(cfg, ["g"])  # other data: another teacher
+
+
+def test_int8_teacher_counts_the_same_flops_and_records_its_fidelity(tmp_path, data_dir):
+    """teacher.precision=int8 (dynamic quantisation of the Linear layers): the online forwards and the cache build
+    count the FLOPs of the fp32 teacher (FlopCounterMode alone counts quantised Linear as 0), its hooks resolve by
+    the same names, its fidelity to the fp32 teacher is recorded, and its cache is a different one."""
+    from leankd.results.store import ResultsStore
+
+    arms = ("arms={kd: {method: kd, alpha: 0.5, cache: on}, hint: {method: kd, alpha: 0.5, pairs: skip, "
+            "feature_losses: {hint_mse: 1.0}, cache: off}}")
+    rows = {}
+    for prec in ("fp32", "int8"):
+        cfg = load_config(REPO / "tests/configs/tiny-sst2.yaml",
+                          [f"name=q-{prec}", f"teacher.precision={prec}", "metering.isolate_arms=false", arms])
+        run_experiment(cfg, data_dir, tmp_path)
+        rows[prec] = {r["arm"]: r for r in ResultsStore(tmp_path / "results.db").rows(f"q-{prec}")}
+    fp32, int8 = rows["fp32"], rows["int8"]
+    for arm in ("kd", "hint"):
+        assert int8[arm]["extra"]["teacher_precision"] == "int8"
+        fid = int8[arm]["extra"]["teacher_fidelity"]
+        assert fid["mean_kl"] > 0 and fid["agreement"] >= 0.8 and fid["samples"] == 96
+        assert "teacher_fidelity" not in fp32[arm]["extra"]
+    assert int8["hint"]["extra"]["teacher_flops"] == fp32["hint"]["extra"]["teacher_flops"] > 0
+    assert int8["hint"]["extra"]["layer_map"] == fp32["hint"]["extra"]["layer_map"]
+    assert int8["kd"]["extra"]["cache"]["build_flops"] == fp32["kd"]["extra"]["cache"]["build_flops"] > 0
+    assert int8["kd"]["extra"]["cache"]["path"] != fp32["kd"]["extra"]["cache"]["path"]
+
+
+def test_int8_teacher_is_refused_for_a_cnn():
+    from leankd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher.precision=int8 quantises Linear layers"):
+        load_config(REPO / "tests/configs/tiny-cifar10.yaml", ["teacher.precision=int8"])

@@ -66,9 +66,9 @@ class TeacherConfig(_Strict):
     checkpoint: str | None = Field(None, description="safetensors or torch file; skips training")
     seed: int = 0
     train: OptimConfig = OptimConfig()
-    precision: Literal["same", "fp32", "bf16"] = Field(
+    precision: Literal["same", "fp32", "bf16", "int8"] = Field(
         "same", description="the teacher's forwards when distilling (cache build and online): same = the "
-        "experiment's precision")
+        "experiment's precision; int8 = dynamic quantisation of its Linear layers (text teachers on CPU)")
 
 
 
@@ -182,9 +182,14 @@ class ExperimentConfig(_Strict):
         from leankd.precision import resolve
 
         try:
-            resolve(self.precision, resolve_device(self.device))  # the one precision check
+            device = resolve_device(self.device)
+            resolve(self.precision, device)  # the one precision check
         except ConfigError as err:
             raise ValueError(str(err).removeprefix("config error: ")) from None
+        if self.teacher.precision == "int8" and (self.data.dataset == "cifar10" or device.type != "cpu"):
+            raise ValueError("teacher.precision=int8 quantises Linear layers dynamically, which runs on CPU and "
+                             "pays off for transformer teachers only (a CNN's convolutions would stay fp32); "
+                             "use teacher.precision=bf16 or fp32 here")
         if self.data.dataset == "cifar10":
             for where, name in (("teacher.model", self.teacher.model), ("student.model", self.student.model)):
                 try:

@@ -64,6 +64,7 @@ class Job:
     cached: object = None  # teacher_cache: batch key -> the teacher's logits and attention maps
     teacher_precision: str = "fp32"  # teacher_setup: the teacher's own precision when distilling
     teacher_autocast: object = None
+    reference_teacher: torch.nn.Module | None = None  # teacher_setup: the fp32 teacher when job.teacher is int8
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
     ranking: dict | None = None
@@ -133,13 +134,15 @@ def build_distiller(job: Job) -> None:
     pairs = []
     if arm.pairs:
         if arm.pairs == "auto":
-            job.ranking = load_or_rank(job.task, teacher, Path(spec.ranking_dir), job.cfg.ranking, job.prec,
+            ranker = teacher if job.reference_teacher is None else job.reference_teacher  # fp32, never int8
+            job.ranking = load_or_rank(job.task, ranker, Path(spec.ranking_dir), job.cfg.ranking, job.prec,
                                        job.device, experiment=job.cfg.name)
         pairs = build_pairs(arm, job.model, teacher, job.ranking["ranked"] if job.ranking else None)
     example = to_device(job.loader.example(None, 2)[0], job.device) if pairs else None
     job.distiller = Distiller(job.model, teacher, arm, job.optim.label_smoothing,
                               regression=job.task.is_regression, pairs=pairs, example=example, cached=job.cached,
                               teacher_autocast=job.teacher_autocast)
+    job.reference_teacher = None
     if job.cached is not None:
         job.teacher = None  # training reads the cache: the teacher is not kept in memory
     if pairs:

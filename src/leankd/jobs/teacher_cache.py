@@ -10,12 +10,15 @@ the cache manifest; the ledger charges them to the jobs that share the cache.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.ao.quantization import quantize_dynamic
 
 from leankd.batching import logits_of, to_device
 from leankd.device import sync
@@ -30,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def _autocast(name: str, device: torch.device):
-    """The teacher's autocast context factory: fp32 turns off any outer autocast; bf16 runs under bf16 autocast."""
+    """The teacher's autocast context factory: bf16 runs under bf16 autocast; fp32 and int8 (fp32 activations
+    into quantised Linear layers) turn off any outer autocast."""
     if name == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return lambda: torch.autocast(device.type, enabled=False)
@@ -52,17 +56,30 @@ def fidelity(reference, reduced, autocast, loader, device: torch.device) -> dict
             "samples": len(ref)}
 
 
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose Linear layers are dynamically quantised to int8 (weights int8, activations
+    quantised per batch; CPU). Module names are kept, so layer pairs and hooks resolve as on the original."""
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (it still ships in torch 2.x)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def teacher_setup(job) -> None:
     """The teacher's precision for distilling (teacher.precision; `same` = the job's); a reduced one is
-    measured against the fp32 teacher on the eval split (agreement, mean KL) and recorded."""
+    measured against the fp32 teacher on the eval split (agreement, mean KL) and recorded. int8 replaces
+    job.teacher by its quantised copy; the fp32 one stays as job.reference_teacher (layer ranking uses it)."""
     if job.teacher is None or not job.spec.distil:
         return
     name = job.cfg.teacher.precision if job.cfg.teacher.precision != "same" else job.prec.name
     job.teacher_precision, job.teacher_autocast = name, _autocast(name, job.device)
     job.extra["teacher_precision"] = name
+    reference = job.teacher
+    if name == "int8":
+        job.reference_teacher, job.teacher = reference, quantize_int8(reference)
     if name != "fp32" and not job.task.is_regression:
         loader = job.task.eval_loader(job.task.eval_split, 4 * job.optim.batch_size)
-        job.extra["teacher_fidelity"] = fidelity(job.teacher, job.teacher, job.teacher_autocast, loader, job.device)
+        job.extra["teacher_fidelity"] = fidelity(reference, job.teacher, job.teacher_autocast, loader, job.device)
 
 
 def _shape_of(x) -> tuple:

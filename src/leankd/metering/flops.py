@@ -43,13 +43,21 @@ def _sdpa_cpu_backward_flop(grad_out_shape, query_shape, key_shape, value_shape,
     return _fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+def _linear_dynamic_flop(input_shape, *args, out_shape=None, **kwargs) -> int:
+    """An int8 dynamically quantised Linear (teacher.precision=int8): 2 x rows x in x out, as for its fp32 self."""
+    rows_x_in = 1
+    for d in input_shape:
+        rows_x_in *= d
+    return 2 * rows_x_in * out_shape[-1]
+
+
 def _custom_mapping() -> dict:
-    """Formulas torch's registry lacks: CPU sdpa otherwise counts as 0 FLOPs.
+    """Formulas torch's registry lacks: CPU sdpa and int8 dynamic Linear otherwise count as 0 FLOPs.
 
     We call torch's unwrapped `*_flop_count` helpers; the registered `sdpa_flop`
     is already shape-wrapped and FlopCounterMode would wrap it a second time.
     """
-    mapping = {}
+    mapping = {torch.ops.quantized.linear_dynamic: _linear_dynamic_flop}
     if hasattr(_fc, "sdpa_flop_count") and hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flop
     if hasattr(_fc, "sdpa_backward_flop_count") and hasattr(
@@ -106,7 +114,7 @@ def count_flops(fn: Callable[[], object], *modules: torch.nn.Module, optimizers=
     """Run `fn()` once under FlopCounterMode and return its total FLOPs.
 
     Pass every module and optimizer `fn` touches so their state is restored.
-    A multiply-add counts as 2 FLOPs; elementwise ops (activations, norms,
+    A multiply-add counts as 2 FLOPs (an int8 one too); elementwise ops (activations, norms,
     optimizer updates, bias adds) are not counted, as in torch's counter.
     """
     with preserved_state(*modules, optimizers=optimizers):
