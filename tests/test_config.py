@@ -68,7 +68,7 @@ def test_missing_data_dir_is_one_line_error(tmp_path, monkeypatch):
         check_cifar10(tmp_path)
     (tmp_path / "cifar10").mkdir()
     (tmp_path / "cifar10" / "cifar10_train.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match="not an .npz archive"):
         check_cifar10(tmp_path)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import leankd.results.store as store_mod
+from leankd.errors import DataError
 from leankd.metering.ledger import PEAK_CHILD, TIMER
 from leankd.results.store import COLUMN_NAMES, ResultsStore
 from test_report import _row as _report_row
@@ -125,7 +126,7 @@ def test_newer_schema_version_is_refused(tmp_path: Path):
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(store_mod.SCHEMA_VERSION + 1),))
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version"):
+    with pytest.raises(DataError, match="schema version"):
         ResultsStore(path)
 
 

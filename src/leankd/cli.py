@@ -42,6 +42,9 @@ def cmd_report(args) -> int:
     from leankd.results.store import ResultsStore
 
     db = Path(args.out) / "results.db"
+    if Path(args.out).is_file():
+        raise ConfigError(f"config error: --out '{args.out}' is a file, not a folder; give the folder holding "
+                          "results.db")
     if not db.is_file():
         print(f"error: no results store at '{db}'; run `leankd run CONFIG --out {args.out}` first", file=sys.stderr)
         return EXIT_USER
@@ -68,12 +71,22 @@ def cmd_eval(args) -> int:
     from leankd.train import predict
 
     ckpt = Path(args.checkpoint)
+    if args.batch_size < 1:
+        raise ConfigError(f"config error: --batch-size must be a positive integer, got {args.batch_size}")
+    if not ckpt.exists():
+        raise CheckpointError(f"checkpoint error: '{ckpt}' not found; give a model saved by `leankd run` (under "
+                              "<out>/students/ or <out>/teachers/)")
     sidecar = ckpt.with_suffix(".json")
     if not sidecar.is_file():
         raise CheckpointError(f"checkpoint error: '{sidecar}' (model name and data settings) not found next to "
                               f"'{ckpt}'; evaluate models saved by `leankd run`")
-    meta = json.loads(sidecar.read_text())
-    cfg = build_config(meta["config"])
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        cfg = build_config(meta["config"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint error: '{sidecar}' is not valid JSON written by `leankd run` ("
+                              f"{type(err).__name__}: {str(err)[:120]}); save the model again with `leankd run`"
+                              ) from None
     task = build_task(cfg, resolve_data_dir(args.data_dir))
     model, _ = task.load(ckpt)
     split = args.split or task.eval_split
@@ -210,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leankd", description="Knowledge distillation at minimal compute, "
                                 "with an honest cost ledger.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (implies --verbose)")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run an experiment: teacher once, then every arm x seed")
@@ -255,14 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    setup_logging(logging.DEBUG if args.verbose or args.debug else logging.INFO)
     try:
         return args.func(args)
     except UserError as err:
+        if args.debug:
+            raise
         print(str(err), file=sys.stderr)
         return EXIT_USER
     except JobFailed as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:  # a bug, not the user's mistake: one line, the traceback under --debug
+        if args.debug:
+            raise
+        print(f"internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (rerun with "
+              "--debug for the traceback, and please report it)", file=sys.stderr)
         return EXIT_FAILED
 
 

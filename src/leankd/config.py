@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,6 +155,16 @@ class MeteringConfig(_Strict):
     isolate_arms: bool = Field(True, description="run each arm in its own child process (CPU peak memory)")
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # experiment and arm names become file names under --out
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{kind} '{name}' is used in file names under --out: use letters, digits, '_', '.' and '-' "
+                         "(starting with a letter or digit, no '..' or path separators)")
+    return name
+
+
 class ExperimentConfig(_Strict):
     name: str
     data: DataConfig = DataConfig()
@@ -168,6 +179,18 @@ class ExperimentConfig(_Strict):
     metering: MeteringConfig = MeteringConfig()
     ranking: RankingConfig = RankingConfig()
     cache: CacheConfig = CacheConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, v: str) -> str:
+        return _check_name("name", v)
+
+    @field_validator("arms")
+    @classmethod
+    def _arm_names(cls, v: dict) -> dict:
+        for arm in v:
+            _check_name("arm name", str(arm))
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -263,6 +286,27 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+# names other toolkits (Hugging Face TrainingArguments, torchdistill, timm) use for leankd's keys
+ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs", "max_epochs": "epochs",
+           "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size", "bs": "batch_size",
+           "warmup_ratio": "warmup_frac", "wd": "weight_decay", "optim": "optimizer", "lr_scheduler_type": "schedule",
+           "scheduler": "schedule", "tau": "temperature", "T": "temperature", "max_seq_length": "max_length",
+           "seed": "seeds", "bf16": "precision", "fp16": "precision", "mixed_precision": "precision"}
+
+
+def _suggest(loc: str) -> str:
+    """" (did you mean 'x'?)" for an unknown dotted key: a known alias in the same section first, then the closest
+    whole dotted key (arm fields as arms.<name>.field)."""
+    valid = _valid_keys(ExperimentConfig) + [f"arms.<name>.{k}" for k in _valid_keys(ArmConfig)]
+    probe = "arms.<name>." + loc.split(".", 2)[2] if loc.startswith("arms.") and loc.count(".") >= 2 else loc
+    section, _, last = probe.rpartition(".")
+    alias = f"{section}.{ALIASES[last]}".lstrip(".") if last in ALIASES else None
+    if alias in valid:
+        return f" (did you mean '{alias}'?)"
+    same_section = [k for k in valid if k.rpartition(".")[0] == section]
+    return did_you_mean(probe, same_section, cutoff=0.6) or did_you_mean(probe, valid, cutoff=0.6)
+
+
 def _format_error(err: ValidationError) -> str:
     # a value matching no branch of a union (arms.<name>.pairs) gives one error per branch: report the
     # deepest one (the branch the input was meant for) and drop pydantic's branch tags from its location
@@ -270,12 +314,7 @@ def _format_error(err: ValidationError) -> str:
     tags = ("int", "str", PairSpec.__name__)
     loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in tags)))
     if e["type"] == "extra_forbidden":
-        arm_fields = _valid_keys(ArmConfig)
-        valid = _valid_keys(ExperimentConfig) + [f"arms.<name>.{k}" for k in arm_fields]
-        probe = loc
-        if loc.startswith("arms.") and loc.count(".") >= 2:
-            probe = "arms.<name>." + loc.split(".", 2)[2]
-        return f"config error: unknown key '{loc}'{did_you_mean(probe, valid, cutoff=0.5)}"
+        return f"config error: unknown key '{loc}'{_suggest(loc)}"
     if e["type"] in ("value_error", "assertion_error"):
         msg = str(e.get("ctx", {}).get("error", e["msg"]))
         return f"config error: {loc + ': ' if loc else ''}{msg}"
@@ -289,14 +328,39 @@ def build_config(tree: dict) -> ExperimentConfig:
         raise ConfigError(_format_error(err)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (the second would silently win); keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config error: file '{path}' not found (see configs/ for examples)")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config error: '{path}' is not UTF-8 text (byte {err.start}: {err.reason}); save it "
+                          "as UTF-8") from None
+    try:
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config error: '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config error: '{path}' is not valid YAML{where}: {what}") from None
+    if tree is None:
+        raise ConfigError(f"config error: '{path}' is empty; start from one of configs/ (e.g. "
+                          "configs/demo/cifar10-resnet20-resnet8.yaml)")
     if not isinstance(tree, dict):
         raise ConfigError(f"config error: '{path}' must hold a mapping at the top level")
     tree.setdefault("name", path.stem)

@@ -30,39 +30,76 @@ def cifar10_file(data_dir: Path, split: str) -> Path:
     return data_dir / "cifar10" / f"cifar10_{split}.npz"
 
 
+def _open(path: Path) -> np.lib.npyio.NpzFile:
+    if not path.is_file():
+        raise DataError(f"data error: CIFAR-10 file '{path}' not found; expected {LAYOUT}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"data error: '{path}' is not an .npz archive (np.savez_compressed writes one); "
+                        f"expected {LAYOUT}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"data error: '{path}' is not a readable .npz ({err}); expected {LAYOUT}") from None
+    missing = {"images", "labels"} - set(z.files)
+    if missing:
+        z.close()
+        raise DataError(f"data error: '{path}' lacks {sorted(missing)} (it holds {sorted(z.files)}); "
+                        f"expected {LAYOUT}")
+    return z
+
+
+def _read(z, path: Path, name: str, header_only: bool = False):
+    """An array of the archive, or (header_only) its (shape, dtype) without decompressing the data."""
+    try:
+        if not header_only:
+            return z[name]
+        with z.zip.open(f"{name}.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            return shape, dtype
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"data error: '{path}' member '{name}' is not readable ({err}); expected {LAYOUT}") from None
+
+
+def _check(path: Path, shape: tuple, dtype: np.dtype, labels: np.ndarray) -> None:
+    """The one check of a CIFAR-10 file's arrays: image shape and dtype, label dtype, count and range."""
+    if dtype != np.uint8 or len(shape) != 4 or tuple(shape[1:]) != (32, 32, 3):
+        raise DataError(f"data error: '{path}' images are {dtype} {tuple(shape)}; expected {LAYOUT}")
+    if shape[0] == 0:
+        raise DataError(f"data error: '{path}' holds no images; expected {LAYOUT}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"data error: '{path}' labels are {labels.dtype}, not integers; store the class "
+                        f"indices 0..9 as int64 (expected {LAYOUT})")
+    if labels.shape != (shape[0],):
+        raise DataError(f"data error: '{path}' has {shape[0]} images but labels of shape {labels.shape}; "
+                        f"expected one label per image")
+    bad = labels[(labels < 0) | (labels > 9)]
+    if len(bad):
+        raise DataError(f"data error: '{path}' has label {bad[0]} ({len(bad)} label(s) outside 0..9, first at "
+                        f"index {int(np.flatnonzero((labels < 0) | (labels > 9))[0])}); CIFAR-10 labels are 0..9")
+
+
 def load_cifar10(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Returns (images uint8 N x 3 x 32 x 32, labels int64 N); raises DataError on a missing/bad file."""
     path = cifar10_file(data_dir, split)
-    if not path.is_file():
-        raise DataError(f"data error: CIFAR-10 file '{path}' not found; expected {LAYOUT}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            images, labels = z["images"], z["labels"]
-    except KeyError as err:
-        raise DataError(f"data error: '{path}' lacks key {err}; expected {LAYOUT}") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError(f"data error: '{path}' is not a readable .npz ({err}); expected {LAYOUT}") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise DataError(f"data error: '{path}' images are {images.dtype} {images.shape}; expected {LAYOUT}")
-    if labels.shape != (len(images),) or labels.min() < 0 or labels.max() > 9:
-        raise DataError(f"data error: '{path}' labels have shape {labels.shape} or values outside 0..9; "
-                        f"expected {LAYOUT}")
+    with _open(path) as z:
+        images, labels = _read(z, path, "images"), _read(z, path, "labels")
+    _check(path, images.shape, images.dtype, labels)
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels.astype(np.int64)
 
 
-def check_cifar10(data_dir: Path) -> None:
-    """Cheap up-front check (no decompression): both files exist and hold the expected arrays."""
+def check_cifar10(data_dir: Path, data_cfg=None) -> None:
+    """Cheap up-front check (images' header only, labels read): both files hold the expected arrays, and
+    data.val_size leaves training images."""
     for split in ("train", "test"):
         path = cifar10_file(data_dir, split)
-        if not path.is_file():
-            raise DataError(f"data error: CIFAR-10 file '{path}' not found; expected {LAYOUT}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                names = set(z.files)
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise DataError(f"data error: '{path}' is not a readable .npz ({err}); expected {LAYOUT}") from None
-        if not {"images", "labels"} <= names:
-            raise DataError(f"data error: '{path}' holds {sorted(names)}; expected {LAYOUT}")
+        with _open(path) as z:
+            shape, dtype = _read(z, path, "images", header_only=True)
+            _check(path, shape, dtype, _read(z, path, "labels"))
+        if split == "train" and data_cfg is not None and data_cfg.val_size >= shape[0]:
+            raise DataError(f"data error: data.val_size={data_cfg.val_size} leaves no training images ('{path}' "
+                            f"holds {shape[0]}); use a data.val_size below {shape[0]}")
 
 
 def cifar10_splits(data_dir: Path, data_cfg) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:

@@ -1,6 +1,7 @@
 """The data directory (from --data-dir or LEANKD_DATA_DIR) and the identity (content hash) of data files.
 
     data_dir = resolve_data_dir(args.data_dir)          # DataError naming the fix when missing
+    out_dir = prepare_out_dir(args.out)                 # ConfigError when it is a file or not writable
     file_identity(data_dir / "cifar10" / "cifar10_train.npz")   # 16-hex sha256, part of row identities
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from leankd.errors import DataError
+from leankd.errors import ConfigError, DataError
 
 LAYOUT = ("<data_dir>/cifar10/cifar10_{train,test}.npz (uint8 'images' (N,32,32,3), int64 'labels' (N,)) and "
           "<data_dir>/glue/<TASK>/{train,dev,test}.tsv")
@@ -24,6 +25,23 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     if not path.is_dir():
         raise DataError(f"data error: data directory '{path}' does not exist; pass --data-dir DIR or set "
                         "LEANKD_DATA_DIR to the folder holding cifar10/ and glue/")
+    return path
+
+
+def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
+    """The results folder, created if absent; a file in its place or a folder that cannot be written is refused
+    before any work."""
+    path = Path(out_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"config error: --out '{path}' is a file, not a folder; choose a folder for the results")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"config error: --out '{path}': cannot create the folder ({err.strerror}); choose a "
+                          "writable folder") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"config error: --out '{path}': cannot write there (permission denied); choose a "
+                          "writable folder")
     return path
 
 

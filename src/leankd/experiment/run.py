@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leankd.config import save_config
-from leankd.data.files import resolve_data_dir
+from leankd.data.files import prepare_out_dir, resolve_data_dir
 from leankd.errors import JobFailed
 from leankd.experiment import teachers
 from leankd.experiment.plan import Plan
@@ -76,7 +76,7 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
     run in this process, so their rows' peak memory reads "unavailable", and their rows are never reused."""
     data_dir = resolve_data_dir(data_dir)
     check_data(cfg, data_dir)  # fail before any work on a missing or malformed file
-    out_dir = Path(out_dir)
+    out_dir = prepare_out_dir(out_dir)
     user = student is not None or teacher is not None
     task = None if user else build_task(cfg, data_dir)  # layer names are checked against the real models
     plan = Plan.make(cfg, data_dir, out_dir, task, student, teacher)
@@ -133,7 +133,7 @@ def obtain_teacher(cfg, data_dir: str | Path | None, out_dir: str | Path) -> tup
     """Train (in a child process) or reuse the config's teacher, without any student arm: (data dir, key)."""
     data_dir = resolve_data_dir(data_dir)
     check_data(cfg, data_dir)
-    out_dir = Path(out_dir)
+    out_dir = prepare_out_dir(out_dir)
     plan = Plan.make(cfg, data_dir, out_dir)
     if not teachers.is_stored(out_dir, plan.key):
         with tempfile.TemporaryDirectory(prefix="leankd-") as tmp:

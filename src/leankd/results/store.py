@@ -64,6 +64,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from leankd.errors import DataError
+
 SCHEMA_VERSION = 3
 
 # (name, SQL type) in table order; `id` is added by the schema. Single source for schema and checks.
@@ -130,6 +132,13 @@ class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as err:  # garbage bytes, a truncated file: refuse it, never overwrite it
+            raise DataError(f"data error: '{self.path}' is not a leankd results store ({err}); move it aside or "
+                            "use another --out") from None
+
+    def _open(self) -> None:
         cols = ",\n  ".join(f"{name} {sqltype}" for name, sqltype in COLUMNS)
         with closing(self._connect()) as conn, conn:
             # WAL is a property of the file: set once, it stays on for every later connection.
@@ -151,8 +160,8 @@ class ResultsStore:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 found = SCHEMA_VERSION
         if int(found) != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path} has results schema version {found}, this leankd "
-                               f"reads version {SCHEMA_VERSION}; use a new file or migrate it")
+            raise DataError(f"data error: '{self.path}' has results schema version {found}, this leankd reads "
+                            f"version {SCHEMA_VERSION}; use another --out or a leankd that reads it")
 
     def _connect(self) -> sqlite3.Connection:
         # timeout: wait for another process's write instead of failing with "database is locked"

@@ -43,4 +43,4 @@ def check_data(cfg, data_dir: Path) -> None:
         return
     from leankd.data.cifar10 import check_cifar10
 
-    check_cifar10(data_dir)
+    check_cifar10(data_dir, cfg.data)
