@@ -97,8 +97,9 @@ CASES = [
     ("yaml-empty", lambda t, o, d: ["run", _write(t, "c.yaml", "# nothing\n")], r"empty.*configs/"),
     ("yaml-list", lambda t, o, d: ["run", _write(t, "c.yaml", "- a\n- b\n")], r"mapping at the top level"),
     # names used as paths
-    ("name-traversal", lambda t, o, d: ["run", TINY, "name=../../x"], r"name '../../x'.*letters, digits"),
-    ("name-absolute", lambda t, o, d: ["run", TINY, "name=/tmp/x"], r"name '/tmp/x'"),
+    ("name-traversal", lambda t, o, d: ["run", TINY, "name=../../x"],
+     r"name: '../../x' is used in file names.*letters, digits"),
+    ("name-absolute", lambda t, o, d: ["run", TINY, "name=/tmp/x"], r"name: '/tmp/x'"),
     ("arm-name-slash", lambda t, o, d: ["run", TINY, "arms={a/b: {method: plain}}"], r"arm name 'a/b'"),
     # layers
     ("layer-missing", lambda t, o, d: ["run", TINY, "arms.kd.pairs=[layer9.9]", "--data-dir", str(d), "--out", o],
@@ -195,3 +196,39 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, tmp_path, data_d
     assert {k: v for k, v in _snapshot(out).items() if k in before} == before  # nothing written before changed
     for a, snap in before_args.items():
         assert {k: v for k, v in _snapshot(Path(a)).items() if k in snap} == snap
+
+
+def test_every_case_is_in_the_reliability_doc():
+    doc = (REPO / "docs" / "reliability.md").read_text()
+    missing = [c[0] for c in CASES if f"`{c[0]}`" not in doc]
+    assert not missing, f"docs/reliability.md lacks {missing}; regenerate: python tests/test_bad_input.py"
+
+
+def catalogue(data_dir: Path) -> str:
+    """The catalogue as a Markdown table of the exact messages (temporary paths shown as <tmp>)."""
+    import contextlib
+    import io
+    import tempfile
+
+    lines = ["| case | command | exit | message |", "|---|---|---|---|"]
+    for name, argv, _ in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out"
+            ResultsStore(out / "results.db")
+            args = argv(Path(tmp), str(out), data_dir)
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = main(args)
+            shown = " ".join(a.replace(tmp, "<tmp>").replace(str(REPO) + "/", "").replace(str(data_dir), "<data>")
+                             for a in args)
+            message = err.getvalue().strip().splitlines()[-1].replace(tmp, "<tmp>").replace(str(data_dir), "<data>")
+        lines.append(f"| `{name}` | `leankd {shown}` | {code} | {message.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # regenerate the table in docs/reliability.md
+    import logging
+    import os
+
+    logging.disable(logging.INFO)
+    print(catalogue(Path(os.environ.get("LEANKD_DATA_DIR", REPO.parent / "shared" / "data"))))

@@ -51,8 +51,8 @@ def cmd_report(args) -> int:
     store = ResultsStore(db)
     names = [args.experiment] if args.experiment else store.experiments()
     if args.experiment and args.experiment not in store.experiments():
-        print(f"error: no experiment '{args.experiment}' in {db}; known: {', '.join(store.experiments())}",
-              file=sys.stderr)
+        known = ", ".join(store.experiments()) or "none yet"
+        print(f"error: no experiment '{args.experiment}' in {db}; known: {known}", file=sys.stderr)
         return EXIT_USER
     if args.json:
         print(json.dumps({n: json.loads(to_json(summarise(store.rows(n)))) for n in names}, indent=2))

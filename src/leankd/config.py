@@ -160,7 +160,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # experiment and arm names bec
 
 def _check_name(kind: str, name: str) -> str:
     if not NAME.fullmatch(name) or ".." in name:
-        raise ValueError(f"{kind} '{name}' is used in file names under --out: use letters, digits, '_', '.' and '-' "
+        raise ValueError(f"{kind}'{name}' is used in file names under --out: use letters, digits, '_', '.' and '-' "
                          "(starting with a letter or digit, no '..' or path separators)")
     return name
 
@@ -183,13 +183,13 @@ class ExperimentConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_a_file_name(cls, v: str) -> str:
-        return _check_name("name", v)
+        return _check_name("", v)
 
     @field_validator("arms")
     @classmethod
     def _arm_names(cls, v: dict) -> dict:
         for arm in v:
-            _check_name("arm name", str(arm))
+            _check_name("arm name ", str(arm))
         return v
 
     @field_validator("seeds")
