@@ -107,3 +107,17 @@ def test_majority_baseline_needs_labels():
     test = GlueSplit("rte", "test", ["a"], None, None, TASKS["rte"].label_names)
     with pytest.raises(DataError, match="labelled"):
         majority_baseline(train, test)
+
+
+def test_chance_level_and_min_metric_name_what_is_wrong():
+    from leankd.tasks.metrics import below_min, chance_level
+    labels = np.array([0, 1, 1, 0])
+    assert chance_level(np.array([[1.0, 0.0], [0.0, 1.0], [0.2, 0.9], [0.3, 0.1]]), labels, False) is None
+    assert chance_level(np.array([[0.0, 1.0]] * 4), labels, False) == "it predicts class 1 for all 4 eval samples"
+    assert chance_level(np.array([[0.0, 1.0]] * 4), np.ones(4), False) is None  # one class in the labels too
+    assert "not finite" in chance_level(np.array([[np.nan, 1.0]] * 4), labels, False)
+    assert chance_level(np.full(4, 2.5), np.arange(4.0), True) == "it predicts the same value for all 4 eval samples"
+    assert chance_level(np.arange(4.0), np.arange(4.0), True) is None
+    assert below_min({"accuracy": 0.6, "macro_f1": 0.9}, 0.7) == "its accuracy 0.6000 is below teacher.min_metric 0.7"
+    assert below_min({"accuracy": 0.8}, 0.7) is None and below_min({"accuracy": 0.1}, None) is None
+    assert below_min({"pearson": float("nan")}, 0.1) is not None  # an undefined metric never passes a minimum

@@ -81,8 +81,43 @@ def test_find_returns_latest_match(store: ResultsStore):
     assert store.find(EXP, "h1", "kd", 1)["metrics"]["accuracy"] == 0.86
     assert store.find(EXP, "h2", "kd", 1) is None
     assert store.find(EXP, "h1", "kd", 7) is None
-    new_id = store.insert(_row("kd", 1, 0.5, 1.0, 0.0, 1.0))  # a re-run of the same seed
-    assert store.find(EXP, "h1", "kd", 1)["id"] == new_id
+    assert store.insert(_row("kd", 1, 0.5, 1.0, 0.0, 1.0)) is None  # the same key again: nothing written
+    assert store.find(EXP, "h1", "kd", 1)["metrics"]["accuracy"] == 0.86
+    assert len(store.rows(EXP)) == len(_rows())
+    edited = store.insert({**_row("kd", 1, 0.5, 1.0, 0.0, 1.0), "config_hash": "h2"})  # an edited config: its own key
+    assert store.find(EXP, "h2", "kd", 1)["id"] == edited
+
+
+def test_claims_skip_live_holders_and_take_over_dead_ones(store: ResultsStore, monkeypatch):
+    import os
+    key = (EXP, "h1", "kd", 5)
+    assert store.claim(*key) is None  # this process claims it
+    assert store.claim(*key) is None  # claiming again from the same process is fine
+    with sqlite3.connect(store.path) as conn:  # a live other process (pid 1 always exists) holds it
+        conn.execute("UPDATE claims SET pid = 1")
+    assert store.claim(*key) == 1
+    with sqlite3.connect(store.path) as conn:  # a dead process held it: taken over
+        dead = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 10_000
+        conn.execute("UPDATE claims SET pid = ?", (dead,))
+    assert store.claim(*key) is None
+    store.release(*key)
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+    monkeypatch.setattr(store_mod.socket, "gethostname", lambda: "this-host")
+    with sqlite3.connect(store.path) as conn:  # another host: live while its heartbeat is fresh
+        conn.execute("INSERT INTO claims VALUES (?, ?, ?, ?, 1, 'other-host', ?)", (*key, store_mod.time.time()))
+    assert store.claim(*key) == 1
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE claims SET heartbeat = heartbeat - ?", (store_mod.STALE_S + 1,))
+    assert store.claim(*key) is None
+
+
+def test_failures_are_listed_until_a_row_replaces_them(store: ResultsStore):
+    store.record_failure(EXP, "h1", "kd", 9, "student", "kd/s9: loss became nan or inf at epoch 1 step 3; ...")
+    (failure,) = store.failures(EXP)
+    assert (failure["arm"], failure["seed"], failure["role"]) == ("kd", 9, "student") and "step 3" in failure["error"]
+    store.insert(_row("kd", 9, 0.5, 1.0, 0.0, 1.0))
+    assert store.failures(EXP) == []
 
 
 def test_ranking_share_and_sources_round_trip(tmp_path: Path):
@@ -115,7 +150,7 @@ def test_version_1_file_gains_the_new_columns(tmp_path: Path):
     assert (new["ranking_share_s"], new["sources"]) == (0.5, {"train_s": TIMER})
     with sqlite3.connect(path) as conn:
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert version == str(store_mod.SCHEMA_VERSION) == "3"
+    assert version == str(store_mod.SCHEMA_VERSION) == "4"
     conn.close()
     ResultsStore(path)  # reopening the migrated file is fine
 

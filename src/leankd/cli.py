@@ -27,14 +27,25 @@ log = logging.getLogger("leankd")
 def cmd_run(args) -> int:
     from leankd.config import load_config
     from leankd.experiment import run_experiment
-    from leankd.report.table import write_report
-    from leankd.results.store import ResultsStore
 
     cfg = load_config(args.config, args.overrides)
     log.info("experiment %s (config hash %s): arms %s, seeds %s", cfg.name, cfg.hash(), list(cfg.arms), cfg.seeds)
-    run_experiment(cfg, args.data_dir, Path(args.out))
-    print(write_report(ResultsStore(Path(args.out) / "results.db").rows(cfg.name), args.out, cfg.name))
+    try:
+        run_experiment(cfg, args.data_dir, Path(args.out))
+    except JobFailed:  # the rows that did finish are reported, with the failed jobs listed under them
+        _report_run(cfg.name, args.out)
+        raise
+    _report_run(cfg.name, args.out)
     return 0
+
+
+def _report_run(name: str, out: str) -> None:
+    from leankd.report.table import write_report
+    from leankd.results.store import ResultsStore
+
+    store = ResultsStore(Path(out) / "results.db")
+    if store.rows(name):
+        print(write_report(store.rows(name), out, name, store.failures(name)))
 
 
 def cmd_report(args) -> int:
@@ -57,7 +68,7 @@ def cmd_report(args) -> int:
     if args.json:
         print(json.dumps({n: json.loads(to_json(summarise(store.rows(n)))) for n in names}, indent=2))
     else:
-        print(write_report(store.rows(), args.out, args.experiment))
+        print(write_report(store.rows(), args.out, args.experiment, store.failures(args.experiment)))
     return 0
 
 

@@ -67,6 +67,8 @@ class TeacherConfig(_Strict):
     checkpoint: str | None = Field(None, description="safetensors or torch file; skips training")
     seed: int = 0
     train: OptimConfig = OptimConfig()
+    min_metric: float | None = Field(None, description="refuse (never store or use) a teacher whose eval metric, the "
+                                     "task's first, is below this; a teacher at chance level is always refused")
     precision: Literal["same", "fp32", "bf16", "int8"] = Field(
         "same", description="the teacher's forwards when distilling (cache build and online): same = the "
         "experiment's precision; int8 = dynamic quantisation of its Linear layers (text teachers on CPU)")
@@ -155,6 +157,19 @@ class MeteringConfig(_Strict):
     isolate_arms: bool = Field(True, description="run each arm in its own child process (CPU peak memory)")
 
 
+class CheckpointConfig(_Strict):
+    every_s: float = Field(300.0, ge=0, description="seconds of training between mid-epoch checkpoints (0: epoch "
+                           "ends only); a rerun of the same command resumes an unfinished job from its last one")
+    every_steps: int = Field(0, ge=0, description="also checkpoint every N steps (0: off)")
+
+
+class GuardConfig(_Strict):
+    max_loss_growth: float = Field(10.0, ge=0, description="stop a job whose mean loss over 20 steps exceeds this "
+                                   "times its first 20 steps' (divergence); 0: off")
+    refuse_chance_teacher: bool = Field(True, description="refuse a trained teacher at chance level (non-finite "
+                                        "outputs, or one class / one value for every eval sample)")
+
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # experiment and arm names become file names under --out
 
 
@@ -179,6 +194,8 @@ class ExperimentConfig(_Strict):
     metering: MeteringConfig = MeteringConfig()
     ranking: RankingConfig = RankingConfig()
     cache: CacheConfig = CacheConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    guard: GuardConfig = GuardConfig()
 
     @field_validator("name")
     @classmethod

@@ -6,7 +6,10 @@
 `stats["train_s"]` covers the whole step loop (batch assembly and augmentation, teacher forwards, student
 forward/backward/step) with the device synchronised before the clock is read; evaluation is outside it.
 The loop never waits for the device per step: on CUDA the NaN check reads a device flag every
-`CHECK_EVERY` steps (when the progress bar reads the loss anyway), on CPU every step (free there).
+`CHECK_EVERY` steps (when the progress bar reads the loss anyway), on CPU every step (free there). Every
+`CHECK_EVERY` steps the window's mean loss is also compared with the first window's (divergence stops the job).
+With a `resume.Resume`, the loop checkpoints its whole state and a rerun continues from the last checkpoint,
+bit-identical to an uninterrupted run (data order and augmentation are pure functions of (seed, epoch, index)).
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from leankd import faults
 from leankd.batching import logits_of, to_device
 from leankd.device import sync
 from leankd.errors import TrainingError
+from leankd.resume import Resume, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 CHECK_EVERY = 20  # CUDA: steps between reads of the loss (each read is a CPU-GPU sync point)
@@ -61,23 +66,74 @@ def _check_finite(bad_step: torch.Tensor, tag: str, epoch: int) -> None:
                             "lower the learning rate (train.lr=...) or use precision=fp32")
 
 
+def _loop_state(distiller, optimizer, scheduler, precision, epoch: int, step: int, train_s: float,
+                loss_sum: torch.Tensor, n_steps: int, history: list, loss_ref: float | None) -> dict:
+    """Everything the loop needs to go on from (epoch, step) exactly as if it had never stopped."""
+    return {"epoch": epoch, "step": step, "train_s": train_s, "teacher_s": distiller.teacher_s,
+            "model": distiller.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": precision.scaler.state_dict() if precision.scaler else None, "rng": rng_state(),
+            "loss_sum": loss_sum.detach().cpu(), "n_steps": n_steps, "history": list(history), "loss_ref": loss_ref}
+
+
+def _restore(state: dict, distiller, optimizer, scheduler, precision) -> None:
+    distiller.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if precision.scaler and state["scaler"]:
+        precision.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+
+
+def _start(resume: Resume | None, distiller, optimizer, scheduler, precision, tag: str) -> dict:
+    """Where the loop starts: from scratch, or from this job's newest intact checkpoint (restored in place)."""
+    state = resume.load() if resume is not None else None
+    if state is None:
+        return {"epoch": 0, "step": 0, "history": [], "loss_ref": None, "train_s": 0.0, "teacher_s": 0.0,
+                "loss_sum": None, "n_steps": 0, "resumed": None}
+    _restore(state, distiller, optimizer, scheduler, precision)
+    resumed = {"epoch": state["epoch"] + 1, "step": state["step"], "lost_s": resume.lost_s(state),
+               "train_s": state["train_s"], "teacher_s": state["teacher_s"]}
+    log.info("%s: resuming at epoch %d step %d from %s (%.1f s of training kept, %.1f s lost)", tag,
+             resumed["epoch"], resumed["step"], resume.path, resumed["train_s"], resumed["lost_s"])
+    return {**state, "resumed": resumed}
+
+
+def _check_growth(mean: float, ref: float, max_growth: float, tag: str, epoch: int, step: int) -> None:
+    if max_growth and mean > max_growth * ref:
+        raise TrainingError(f"{tag}: loss diverged at epoch {epoch + 1} step {step + 1} (mean {mean:.4g} over the "
+                            f"last {CHECK_EVERY} steps, {mean / ref:.3g}x the first {CHECK_EVERY} steps' {ref:.4g}); "
+                            "lower the learning rate (train.lr=...) or raise guard.max_loss_growth")
+
+
 def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device: torch.device,
-        tag: str = "") -> dict:
+        tag: str = "", resume: Resume | None = None, max_growth: float = 0.0) -> dict:
+    """Train `epochs` epochs; with `resume`, from the job's last checkpoint, writing one as `resume` says and at
+    each epoch end. `max_growth` > 0: stop when a window's mean loss tops max_growth x the first window's."""
     distiller.train()
-    history = []
     every = CHECK_EVERY if device.type == "cuda" else 1
+    start = _start(resume, distiller, optimizer, scheduler, precision, tag)
+    history, loss_ref = start["history"], start["loss_ref"]
     sync(device)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
+    t0 = time.perf_counter() - start["train_s"]
+
+    def snapshot(epoch: int, step: int, loss_sum: torch.Tensor, n_steps: int) -> None:
+        sync(device)
+        resume.save(_loop_state(distiller, optimizer, scheduler, precision, epoch, step, time.perf_counter() - t0,
+                                loss_sum, n_steps, history, loss_ref))
+
+    for epoch in range(start["epoch"], epochs):
+        first = start["step"] if epoch == start["epoch"] else 0
         bar = tqdm(total=loader.num_samples, desc=f"{tag} epoch {epoch + 1}/{epochs}", unit="sample",
-                   unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0)
-        loss_sum, n_steps = torch.zeros((), device=device), 0
+                   unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0,
+                   initial=min(loader.num_samples, first * loader.batch_size))
+        loss_sum, n_steps = (start["loss_sum"].to(device), start["n_steps"]) if first else (torch.zeros(()), 0)
         bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, on device
-        for step, (x, y, key) in enumerate(loader.keyed_epoch(epoch)):
+        window = torch.zeros((), device=device)
+        for step, (x, y, key) in enumerate(loader.keyed_epoch(epoch, first), start=first):
             x, y = to_device(x, device), y.to(device, non_blocking=True)
             with precision.autocast():
                 out = distiller(x, y, key)  # key (sample indices, views): for a cached teacher's lookups
-            loss = out["loss"]
+            loss = faults.at(tag, epoch * len(loader) + step + 1, out["loss"])
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step, bad_step)
             if step % every == 0:
                 _check_finite(bad_step, tag, epoch)  # before a NaN reaches the weights on CPU
@@ -85,20 +141,29 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
             precision.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            loss_sum += loss.detach()
-            n_steps += 1
+            loss_sum, window, n_steps = loss_sum + loss.detach(), window + loss.detach(), n_steps + 1
             bar.update(len(y))
-            if step % CHECK_EVERY == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
+            if (step + 1) % CHECK_EVERY == 0:  # one read per window: the progress bar and the divergence check
+                mean, window = window.item() / CHECK_EVERY, torch.zeros((), device=device)
+                loss_ref = mean if loss_ref is None else loss_ref
+                bar.set_postfix(loss=f"{mean:.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
+                _check_growth(mean, loss_ref, max_growth, tag, epoch, step)
             del out, loss
+            if resume is not None:
+                resume.beat(time.perf_counter() - t0)
+                if step + 1 < len(loader) and resume.due(step + 1):
+                    _check_finite(bad_step, tag, epoch)  # never checkpoint a NaN
+                    snapshot(epoch, step + 1, loss_sum, n_steps)
         bar.close()
         _check_finite(bad_step, tag, epoch)
-        mean_loss = (loss_sum / max(1, n_steps)).item()
-        history.append(mean_loss)
-        log.info("%s epoch %d/%d: mean loss %.4f, %.0f s elapsed", tag, epoch + 1, epochs, mean_loss,
+        history.append((loss_sum / max(1, n_steps)).item())
+        log.info("%s epoch %d/%d: mean loss %.4f, %.0f s elapsed", tag, epoch + 1, epochs, history[-1],
                  time.perf_counter() - t0)
+        if resume is not None:  # the last one too: a crash in evaluation or saving never redoes training
+            snapshot(epoch + 1, 0, torch.zeros(()), 0)
     sync(device)
-    return {"train_s": time.perf_counter() - t0, "epoch_loss": history}
+    return {"train_s": time.perf_counter() - t0, "epoch_loss": history, "resumed": start["resumed"],
+            "teacher_s": start["teacher_s"] + distiller.teacher_s}
 
 
 @torch.inference_mode()

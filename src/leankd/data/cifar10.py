@@ -174,11 +174,12 @@ class VisionLoader:
             x = augment(x, self.aug_seed, np.broadcast_to(view, idx.shape), idx)
         return normalise(x)
 
-    def keyed_epoch(self, epoch: int):
-        """(inputs, labels, key) batches; key = {"index": sample indices, "view": their views this epoch}."""
+    def keyed_epoch(self, epoch: int, start: int = 0):
+        """(inputs, labels, key) batches from batch `start` on (a resumed epoch skips the batches it already
+        trained on, without making them); key = {"index": sample indices, "view": their views this epoch}."""
         n = len(self.labels)
         order = rnd.shuffle_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
-        for start in range(0, n, self.batch_size):
+        for start in range(start * self.batch_size, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             view = rnd.view_of(self.seed, epoch, idx, self.views)
             yield self.inputs(idx, view), self.labels[torch.from_numpy(idx)], {"index": idx, "view": view}

@@ -97,9 +97,9 @@ class TextLoader:
         """The inputs of samples `idx` padded to their longest (text has one view: no augmentation)."""
         return self.collate(idx)
 
-    def keyed_epoch(self, epoch: int):
-        """(inputs, labels, key) batches; key = {"index": sample indices, "view": zeros (one view)}."""
-        for idx in self.batches(epoch):
+    def keyed_epoch(self, epoch: int, start: int = 0):
+        """(inputs, labels, key) batches from batch `start` on; key = {"index": sample indices, "view": zeros}."""
+        for idx in self.batches(epoch)[start:]:
             yield self.collate(idx), self.labels[torch.from_numpy(idx)], {"index": idx, "view": np.zeros_like(idx)}
 
     def epoch(self, epoch: int):

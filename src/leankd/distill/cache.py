@@ -12,14 +12,12 @@ a half-written cache at the final path. `is_valid()` re-hashes every shard: it r
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import secrets
 import shutil
 from collections import OrderedDict
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,6 +26,7 @@ import numpy as np
 
 from leankd.config import config_hash
 from leankd.errors import CheckpointError, did_you_mean
+from leankd.locks import locked
 
 MANIFEST = "manifest.json"
 MAX_OPEN_MAPS = 128  # each open memmap holds a file descriptor; a large cache has thousands of shards
@@ -95,19 +94,6 @@ def _read_manifest(path: Path) -> dict:
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
-
-
-@contextmanager
-def _locked(root: Path, name: str) -> Iterator[None]:
-    """Exclusive flock on root/<name>.lock; released on exit or when the process dies. The lock file is left
-    in place: deleting it would let a waiter and a newcomer hold locks on two different files."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{name}.lock", "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class _OpenMaps:
@@ -272,7 +258,7 @@ class TeacherCache:
               fill: Callable[[CacheWriter], None], shard_size: int = 8192) -> dict:
         """Build the cache through `fill(writer)` unless a valid one is already there; returns its manifest."""
         layout = _Layout(num_samples, views, fields, shard_size)
-        with _locked(self.root, self.name):
+        with locked(self.root, self.name):
             if self.is_valid():  # built before, or by another process while this one waited for the lock
                 manifest = _read_manifest(self.path)
                 self._check_layout(manifest, layout)
@@ -350,7 +336,7 @@ def remove_cache(root: str | Path, name: str) -> int:
     if name not in names:
         raise CheckpointError(f"no teacher cache '{name}' under {root}{did_you_mean(name, names, known=10)}; "
                               "list them with `leankd cache ls`")
-    with _locked(root, name):
+    with locked(root, name):
         freed = _dir_bytes(root / name)
         shutil.rmtree(root / name)
     return freed

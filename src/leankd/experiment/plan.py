@@ -189,7 +189,11 @@ class Plan:
                           model="user" if self.user_teacher else cfg.teacher.model,
                           save_path=str(teachers.model_path(self.out_dir, self.key)),
                           weights=cfg.teacher.checkpoint, train=not given, views=self.views(cfg.teacher.train.epochs),
-                          eval_logits_out=str(teachers.eval_logits_path(self.out_dir, self.key)))
+                          eval_logits_out=str(teachers.eval_logits_path(self.out_dir, self.key)),
+                          refuse={"min_metric": cfg.teacher.min_metric,
+                                  "chance": cfg.guard.refuse_chance_teacher and not given},
+                          checkpoint=None if self.user_teacher else
+                          self._checkpoint(f"teacher-{self.key}", f"teacher/{self.key}"))
 
     def student_job(self, arm: str, seed: int) -> JobSpec:
         cfg, acfg = self.cfg, self.cfg.arms[arm]
@@ -206,7 +210,15 @@ class Plan:
                           agreement_with=str(teachers.eval_logits_path(self.out_dir, self.key)),
                           ranking_dir=str(teachers.teacher_dir(self.out_dir, self.key)) if acfg.pairs == "auto"
                           else None, ranking_users=self.ranking_users(), views=self.views(cfg.train.epochs),
-                          cache=cache, teacher_source=source)
+                          cache=cache, teacher_source=source,
+                          checkpoint=None if self.user_student else
+                          self._checkpoint(f"{cfg.name}/{arm}-seed{seed}", f"{self.row_identity(arm)}/{arm}/{seed}"))
+
+    def _checkpoint(self, name: str, identity: str) -> dict:
+        """Where a job's mid-run checkpoints go, and what they must have been written for to be resumed."""
+        cp = self.cfg.checkpoint
+        return {"path": str((self.out_dir / "checkpoints" / f"{name}.ckpt").resolve()), "identity": identity,
+                "every_s": cp.every_s, "every_steps": cp.every_steps}
 
     def ranking_users(self) -> int:
         """Jobs of this experiment that use the teacher's layer ranking (share its cost)."""
@@ -218,7 +230,7 @@ class Plan:
         never reused (leankd cannot tell whether the module changed)."""
         if self.user_student:
             return None
-        common = self.cfg.model_dump(mode="json", exclude={"arms", "seeds", "metering", "name"})
+        common = self.cfg.model_dump(mode="json", exclude={"arms", "seeds", "metering", "name", "checkpoint", "guard"})
         return config_hash({**common, "arm": self.cfg.arms[arm].model_dump(mode="json"), "data": self.data_files,
                             "teacher": [self.key, teachers.teacher_weights(self.out_dir, self.key)]})
 

@@ -14,13 +14,15 @@ import torch
 
 from leankd.config import config_hash
 from leankd.data.files import file_identity
-from leankd.errors import CheckpointError
+from leankd.errors import CheckpointError, TrainingError
 from leankd.models.checkpoint import state_identity
+from leankd.tasks.metrics import below_min
 
 
 def teacher_key(cfg, data_files: list[str], module: torch.nn.Module | None = None) -> str:
     """Hash of the teacher's settings, the data files' identities, and its checkpoint file or module weights."""
-    settings = cfg.teacher.model_dump(mode="json", exclude={"precision"})  # how it distils, not what it is
+    # precision: how it distils; min_metric: a check on it. Neither is what the teacher is.
+    settings = cfg.teacher.model_dump(mode="json", exclude={"precision", "min_metric"})
     ident = {"teacher": settings, "data": cfg.data.model_dump(mode="json"),
              "precision": cfg.precision, "files": data_files}
     if cfg.teacher.checkpoint:
@@ -64,3 +66,11 @@ def reused_row(name: str, out_dir: Path, key: str) -> dict:
     row["experiment"] = name
     row["extra"] = {**row["extra"], "reused_teacher": key}
     return row
+
+
+def check_metric(row: dict, min_metric: float | None) -> None:
+    """A stored teacher below teacher.min_metric is not used (the check ran at training time for the rest)."""
+    why = below_min(row.get("metrics") or {}, min_metric)
+    if why:
+        raise TrainingError(f"stored teacher {row.get('config_hash')}: {why}; lower teacher.min_metric, or remove "
+                            "it (its folder under --out/teachers) and rerun to train it again")

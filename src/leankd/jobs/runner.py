@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from leankd.errors import EXIT_USER, UserError
-from leankd.jobs.spec import JobSpec
+from leankd.jobs.spec import JobSpec, error_path
 from leankd.jobs.steps import STEPS, Job
 from leankd.log import setup_logging
 
@@ -36,13 +37,18 @@ def run_job(spec: JobSpec, model=None, teacher=None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     setup_logging()
-    spec = JobSpec.from_json(Path(argv[0]).read_text())
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit fails the write (EFBIG), not the process
+    spec, result_file = JobSpec.from_json(Path(argv[0]).read_text()), Path(argv[1])
     try:
         result = run_job(spec)
     except UserError as err:
         log.error("%s", err)
+        error_path(result_file).write_text(str(err))
         return EXIT_USER
-    Path(argv[1]).write_text(json.dumps(result))
+    except Exception as err:
+        error_path(result_file).write_text(f"internal error: {type(err).__name__}: {err}")
+        raise
+    result_file.write_text(json.dumps(result))
     return 0
 
 

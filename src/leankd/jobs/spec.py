@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -40,6 +41,8 @@ class JobSpec:
     cache: dict | None = None        # read the teacher from this cache: {"root", "key", "dtype", "batch_size", "users",
                                      #   "maps": layer -> attention-map shape}
     teacher_source: str = ""         # why the teacher is cached, online or unused (recorded in the row)
+    checkpoint: dict | None = None   # mid-run checkpoints: {"path", "identity", "every_s", "every_steps"}
+    refuse: dict | None = None       # teacher jobs: {"min_metric", "chance"}: a model below it is never saved
 
     @property
     def tag(self) -> str:
@@ -51,3 +54,8 @@ class JobSpec:
     @classmethod
     def from_json(cls, text: str) -> "JobSpec":
         return cls(**json.loads(text))
+
+
+def error_path(result: Path) -> Path:
+    """Where a failed child job leaves its one-line error (beside its result file), for the parent's record."""
+    return result.with_name(result.name + ".error")

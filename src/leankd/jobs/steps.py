@@ -23,6 +23,7 @@ from leankd.device import resolve_device
 from leankd.distill.distiller import Distiller
 from leankd.distill.ranking import load_or_rank
 from leankd.distill.selection import build_pairs, describe, teacher_indices
+from leankd.errors import TrainingError
 from leankd.jobs.measure import count_train_flops, latency_figures
 from leankd.jobs.spec import JobSpec
 from leankd.jobs.teacher_cache import teacher_cache, teacher_setup
@@ -33,8 +34,9 @@ from leankd.metering.provenance import now_iso, provenance
 from leankd.models.checkpoint import load_weights, state_identity
 from leankd.models.registry import count_params, model_size_mb
 from leankd.precision import Precision
+from leankd.resume import Resume
 from leankd.tasks import build_task
-from leankd.tasks.metrics import agreement
+from leankd.tasks.metrics import agreement, below_min, chance_level
 from leankd.train import build_optimizer, build_scheduler, fit, predict
 
 log = logging.getLogger(__name__)
@@ -165,15 +167,22 @@ def train(job: Job) -> None:
             energy = {"joules": None, "source": "unavailable"}
         else:
             flops = count_train_flops(job.distiller, job.optimizer, job.prec, job.loader, job.optim.epochs)
+            ckpt = job.spec.checkpoint
+            resume = Resume(ckpt["path"], ckpt["identity"], ckpt["every_s"], ckpt["every_steps"]) if ckpt else None
             with EnergyMeter(job.device) as meter:
                 stats = fit(job.distiller, job.loader, job.optimizer, job.scheduler, job.prec, job.optim.epochs,
-                            job.device, tag=job.spec.tag)
+                            job.device, tag=job.spec.tag, resume=resume, max_growth=job.cfg.guard.max_loss_growth)
             energy = {"joules": meter.joules, "source": meter.source}
+            if stats["resumed"] and meter.joules is not None:  # the meter saw only the part after the resume
+                energy = {"joules": None, "source": "unavailable"}
     finally:
         job.distiller.close()  # every hook removed before evaluation, latency and saving
-    job.measured.update(train={"train_s": stats["train_s"], "teacher_s": job.distiller.teacher_s},
+    job.measured.update(train={"train_s": stats["train_s"], "teacher_s": stats.get("teacher_s", 0.0),
+                               "lost_s": (stats.get("resumed") or {}).get("lost_s", 0.0)},
                         flops=flops, energy=energy)
     job.extra.update(epoch_loss=stats["epoch_loss"], teacher_flops=flops["teacher_flops"])
+    if stats.get("resumed"):
+        job.extra["resumed"] = stats["resumed"]
 
 
 def evaluate(job: Job) -> None:
@@ -181,6 +190,12 @@ def evaluate(job: Job) -> None:
     spec, task, bs = job.spec, job.task, job.optim.batch_size
     logits, labels = predict(job.model, task.eval_loader(task.eval_split, bs), job.prec, job.device)
     job.metrics = task.metrics(logits, labels)
+    if spec.refuse is not None:  # a teacher at chance level (or below min_metric) is refused: never saved or used
+        why = (spec.refuse["chance"] and chance_level(logits, labels, task.is_regression)) or \
+            below_min(job.metrics, spec.refuse["min_metric"])
+        if why:
+            raise TrainingError(f"{spec.tag}: refusing this model as a teacher: {why}; train it longer or with a "
+                                "lower learning rate (teacher.train.epochs=..., teacher.train.lr=...)")
     for split in task.extra_eval_splits:  # reported as <metric>_<split>, e.g. accuracy_dev_mismatched
         scores = task.metrics(*predict(job.model, task.eval_loader(split, bs), job.prec, job.device))
         job.metrics.update({f"{k}_{split}": v for k, v in scores.items()})

@@ -6,14 +6,15 @@
 
 The store and the report only read these figures. Definitions (docs/results-schema.md):
   total_s = train_s + cache_share_s + ranking_share_s;  total_flops = train_flops + cache_share_flops
+  lost_s: training redone after a crash (resumed from a checkpoint); reported, not added to total_s.
   teacher_s: online, the part of train_s spent in teacher forwards (never added again); cached, the cache share.
   A shared cost (the teacher cache's build, the layer ranking) is divided by the number of jobs of the
   experiment it was made for that use it; an experiment that reuses it from an earlier one is charged 0.
 """
 from __future__ import annotations
 
-FIGURES = ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s", "train_flops", "cache_share_flops",
-           "total_flops",
+FIGURES = ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s", "lost_s", "train_flops",
+           "cache_share_flops", "total_flops",
            "infer_batch_size", "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1", "infer_ms_p90_b1",
            "peak_mem_mb", "peak_mem_source", "energy_j", "energy_source", "params", "size_mb")
 PEAK_CUDA = "torch.cuda.max_memory_allocated"
@@ -26,7 +27,8 @@ TIMER = "wall clock, device synchronised at start and end of the step loop"
 
 def job_costs(train: dict, flops: dict, latency: dict, energy: dict, model_facts: dict, memory: dict) -> dict:
     """What a job measured, as plain numbers (sent from the child job to the parent)."""
-    return {"train_s": train["train_s"], "teacher_s": train["teacher_s"], "train_flops": flops["train_flops"],
+    return {"train_s": train["train_s"], "teacher_s": train["teacher_s"], "lost_s": train.get("lost_s", 0.0),
+            "train_flops": flops["train_flops"],
             "teacher_flops": flops["teacher_flops"], **latency, "energy_j": energy["joules"],
             "energy_source": energy["source"], **model_facts, **memory}
 
@@ -60,13 +62,18 @@ def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[fl
     (ranking_s, _, ranking_rule), (cache_s, cache_flops, cache_rule) = ranking, cache
     ledger = {"train_s": costs["train_s"], "teacher_s": costs["teacher_s"] + cache_s, "cache_share_s": cache_s,
               "ranking_share_s": ranking_s, "total_s": costs["train_s"] + cache_s + ranking_s,
+              "lost_s": costs.get("lost_s", 0.0),
               "train_flops": costs["train_flops"], "cache_share_flops": cache_flops,
               "total_flops": costs["train_flops"] + cache_flops, "peak_mem_mb": peak, "peak_mem_source": peak_source,
               "energy_j": costs["energy_j"], "energy_source": costs["energy_source"]}
     ledger.update({k: costs[k] for k in ("infer_batch_size", "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1",
                                          "infer_ms_p90_b1", "params", "size_mb")})
     ledger["sources"] = {
-        "train_s": TIMER + " (evaluation, FLOP counting and saving excluded)",
+        "train_s": TIMER + " (evaluation, FLOP counting and saving excluded)" + (
+            "; summed over the runs that made this model (it resumed from a checkpoint)" if costs.get("lost_s")
+            else ""),
+        "lost_s": "training redone after a crash (progress reached minus the checkpoint resumed from); not in "
+                  "total_s",
         "teacher_s": "teacher forwards inside train_s (device timer)" if costs["teacher_s"] else
         "the teacher cache's share" if cache_s else "no teacher forwards",
         "cache_share_s": cache_rule, "cache_share_flops": cache_rule, "ranking_share_s": ranking_rule,

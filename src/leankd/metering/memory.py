@@ -16,14 +16,18 @@ parent (imports, earlier experiments).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import resource
+import signal
 import subprocess
+import sys
 
 import torch
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 _STATUS = "/proc/self/status"
 
@@ -57,6 +61,17 @@ def peak_rss_mb() -> float:
     return kib / 1024.0 if kib is not None else _maxrss_mb()
 
 
+def _die_with_parent(parent: int):
+    """Run in the child before exec: the kernel SIGKILLs it when its parent dies (Linux PR_SET_PDEATHSIG), so a
+    killed `leankd run` never leaves an orphan job training on; elsewhere a no-op."""
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # the parent died before the line above ran
+                os._exit(1)
+    return arm
+
+
 def run_child_measured(cmd: list[str], env: dict | None = None) -> tuple[int, float]:
     """Run `cmd` to completion; return ``(returncode, peak_rss_mb)`` of that child.
 
@@ -64,7 +79,7 @@ def run_child_measured(cmd: list[str], env: dict | None = None) -> tuple[int, fl
     (`os.wait4`), so it covers only the child, not grandchildren it spawned
     and did not wait for.
     """
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except BaseException:

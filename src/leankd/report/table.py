@@ -286,8 +286,18 @@ def to_json(summary: list[dict]) -> str:
     return json.dumps(summary, indent=2)
 
 
-def write_report(store_rows: list[dict], out_dir: str | Path, experiment: str | None = None) -> str:
-    """Write `out_dir/report.md` (one section per experiment) and `report.json`; return the Markdown."""
+def failures_markdown(failures: list[dict]) -> list[str]:
+    """Failed jobs without a row (from `ResultsStore.failures`), one line each: what a rerun will try again."""
+    if not failures:
+        return []
+    return ["## Failed jobs (no row; rerunning the same command tries them again)", ""] + \
+        [f"- {f['experiment']}: {f['arm']} seed {f['seed']}: {f['error']}" for f in failures] + [""]
+
+
+def write_report(store_rows: list[dict], out_dir: str | Path, experiment: str | None = None,
+                 failures: list[dict] = ()) -> str:
+    """Write `out_dir/report.md` (one section per experiment, then any failed jobs) and `report.json`; return
+    the Markdown."""
     by_exp: dict[str, list[dict]] = {}
     for r in store_rows:
         by_exp.setdefault(r["experiment"], []).append(r)
@@ -298,7 +308,7 @@ def write_report(store_rows: list[dict], out_dir: str | Path, experiment: str | 
         by_exp = {experiment: by_exp[experiment]}
     summaries = {name: summarise(rows) for name, rows in by_exp.items()}
     text = "\n".join(["# leankd report", ""] +
-                     [to_markdown(s, name) for name, s in summaries.items()])
+                     [to_markdown(s, name) for name, s in summaries.items()] + failures_markdown(list(failures)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text, encoding="utf-8")

@@ -8,6 +8,8 @@ Usage::
                            "arm": "kd", "seed": 0, "metrics": {"accuracy": 0.81}, "train_s": 41.2, ...})
     done = store.find("cifar-demo", "ab12", "kd", 0)  # latest matching row or None: skip finished work
     rows = store.rows("cifar-demo")                   # list of dicts, JSON columns decoded, by id
+    store.claim("cifar-demo", "ab12", "kd", 0)        # None: this process runs it; else the live holder's pid
+    store.record_failure("cifar-demo", "ab12", "kd", 0, "student", "loss became nan ... step 3")
 
 Each ``insert`` is its own committed transaction, so a crash later loses no finished run. Every
 method opens a short-lived connection, so several processes may share the file (WAL lets readers
@@ -33,6 +35,7 @@ Absent figures are NULL, never 0. Seconds are wall-clock seconds with the device
 | `cache_share_s` | REAL | s, the teacher cache build's seconds / the jobs of its experiment using it; 0 online |
 | `total_s` | REAL | s, `train_s + cache_share_s + ranking_share_s`: the time compared across arms |
 | `ranking_share_s` | REAL | s, the layer ranking's seconds / the jobs of its experiment using it; 0 otherwise |
+| `lost_s` | REAL | s, training redone after a crash (progress lost since the checkpoint); not in `total_s` |
 | `train_flops` | INTEGER | FLOP, of training incl. online teacher forwards, counted over the actual batch shapes |
 | `cache_share_flops` | INTEGER | FLOP, the cache build's FLOPs charged to this job (shared as `cache_share_s`) |
 | `total_flops` | INTEGER | FLOP, `train_flops + cache_share_flops`: the FLOPs compared across arms |
@@ -59,14 +62,20 @@ The same table is in docs/results-schema.md.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 import sqlite3
+import time
 from contextlib import closing
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from leankd.errors import DataError
+from leankd.locks import pid_alive
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # (name, SQL type) in table order; `id` is added by the schema. Single source for schema and checks.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -84,6 +93,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("cache_share_s", "REAL"),
     ("total_s", "REAL"),
     ("ranking_share_s", "REAL"),
+    ("lost_s", "REAL"),
     ("cache_share_flops", "INTEGER"),
     ("total_flops", "INTEGER"),
     ("train_flops", "INTEGER"),
@@ -106,9 +116,19 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 JSON_COLUMNS = frozenset({"metrics", "extra", "provenance", "sources"})
-# Versions: 1 (first), 2 (+ ranking_share_s, sources), 3 (+ cache_share_flops, total_flops). Older files are
+# Versions: 1 (first), 2 (+ ranking_share_s, sources), 3 (+ cache_share_flops, total_flops), 4 (+ lost_s;
+# tables claims and failures; unique row key). Older files are
 # migrated in place by adding the missing columns.
 ROLES = ("teacher", "student")
+KEY_SQL = "experiment TEXT NOT NULL, config_hash TEXT, arm TEXT NOT NULL, seed INTEGER"
+STALE_S = 120.0  # a claim from another host with no heartbeat for this long is dead
+log = logging.getLogger(__name__)
+
+
+def _alive(pid: int, host: str, heartbeat: float) -> bool:
+    if host != socket.gethostname():
+        return time.time() - heartbeat < STALE_S
+    return pid_alive(pid)
 
 
 def _to_sql(column: str, value: Any) -> Any:
@@ -149,6 +169,10 @@ class ResultsStore:
             conn.execute(f"CREATE TABLE IF NOT EXISTS runs (\n  id INTEGER PRIMARY KEY,\n  {cols}\n)")
             conn.execute("CREATE INDEX IF NOT EXISTS runs_lookup "
                          "ON runs (experiment, config_hash, arm, seed)")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS claims ({KEY_SQL}, pid INTEGER NOT NULL, host TEXT NOT NULL, "
+                         "heartbeat REAL NOT NULL, PRIMARY KEY (experiment, config_hash, arm, seed))")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS failures (id INTEGER PRIMARY KEY, {KEY_SQL}, role TEXT, "
+                         "error TEXT NOT NULL, at TEXT NOT NULL)")
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
             found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
@@ -159,9 +183,21 @@ class ResultsStore:
                         conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {sqltype}")
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 found = SCHEMA_VERSION
+        if int(found) == SCHEMA_VERSION:
+            self._unique_key()
         if int(found) != SCHEMA_VERSION:
             raise DataError(f"data error: '{self.path}' has results schema version {found}, this leankd reads "
                             f"version {SCHEMA_VERSION}; use another --out or a leankd that reads it")
+
+    def _unique_key(self) -> None:
+        """One row per (experiment, identity, arm, seed): a unique index (NULL identities, rows of a caller's own
+        modules, never collide). A file migrated with duplicates already in it keeps them, and a warning."""
+        try:
+            with closing(self._connect()) as conn, conn:
+                conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS runs_key ON runs (experiment, config_hash, arm, seed)")
+        except sqlite3.IntegrityError:
+            log.warning("%s holds duplicate rows from an older leankd; new duplicates are still prevented by "
+                        "claims", self.path)
 
     def _connect(self) -> sqlite3.Connection:
         # timeout: wait for another process's write instead of failing with "database is locked"
@@ -169,8 +205,9 @@ class ResultsStore:
         conn.row_factory = sqlite3.Row
         return conn
 
-    def insert(self, row: dict[str, Any]) -> int:
-        """Add one run row (keys = column names, minus `id`), commit it, return its id."""
+    def insert(self, row: dict[str, Any]) -> int | None:
+        """Add one run row (keys = column names, minus `id`), commit it, return its id; None (nothing written)
+        when a row with the same (experiment, config_hash, arm, seed) is already there."""
         unknown = sorted(set(row) - set(COLUMN_NAMES))
         if unknown:
             raise ValueError(f"unknown results column(s) {unknown}; known columns: {list(COLUMN_NAMES)}")
@@ -181,10 +218,55 @@ class ResultsStore:
             raise ValueError(f"role must be one of {ROLES}, got {row['role']!r}")
         names = [c for c in COLUMN_NAMES if c in row]
         values = [_to_sql(c, row[c]) for c in names]
-        sql = f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        sql = (f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+               "ON CONFLICT DO NOTHING")
         with closing(self._connect()) as conn, conn:  # `with conn` commits: one transaction per row
             cur = conn.execute(sql, values)
-            return int(cur.lastrowid)
+            return int(cur.lastrowid) if cur.rowcount else None
+
+    # ---------------------------------------------------------------- claims: one process per job at a time
+
+    def claim(self, experiment: str, config_hash: str | None, arm: str, seed: int | None) -> int | None:
+        """Claim a job for this process: None when done, or the pid of the live process that holds it; a claim
+        of a dead process (same host: its pid is gone; another host: no heartbeat for STALE_S) is taken over."""
+        key, me, host = (experiment, config_hash, arm, seed), os.getpid(), socket.gethostname()
+        with closing(self._connect()) as conn, conn:
+            conn.execute("BEGIN IMMEDIATE")  # claim check and write in one transaction: no two winners
+            held = conn.execute("SELECT pid, host, heartbeat FROM claims WHERE experiment = ? AND config_hash IS ? "
+                                "AND arm = ? AND seed IS ?", key).fetchone()
+            if held is not None and held["pid"] != me and _alive(held["pid"], held["host"], held["heartbeat"]):
+                return int(held["pid"])
+            conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)", (*key, me, host, time.time()))
+        return None
+
+    def heartbeat(self, experiment: str, config_hash: str | None, arm: str, seed: int | None) -> None:
+        with closing(self._connect()) as conn, conn:
+            conn.execute("UPDATE claims SET heartbeat = ? WHERE experiment = ? AND config_hash IS ? AND arm = ? AND "
+                         "seed IS ? AND pid = ?", (time.time(), experiment, config_hash, arm, seed, os.getpid()))
+
+    def release(self, experiment: str, config_hash: str | None, arm: str, seed: int | None) -> None:
+        with closing(self._connect()) as conn, conn:
+            conn.execute("DELETE FROM claims WHERE experiment = ? AND config_hash IS ? AND arm = ? AND seed IS ? "
+                         "AND pid = ?", (experiment, config_hash, arm, seed, os.getpid()))
+
+    # ---------------------------------------------------------------- failures: jobs that stopped, with why
+
+    def record_failure(self, experiment: str, config_hash: str | None, arm: str, seed: int | None, role: str,
+                       error: str) -> None:
+        with closing(self._connect()) as conn, conn:
+            conn.execute("INSERT INTO failures (experiment, config_hash, arm, seed, role, error, at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (experiment, config_hash, arm, seed, role, error,
+                                                           datetime.now(timezone.utc).isoformat(timespec="seconds")))
+
+    def failures(self, experiment: str | None = None) -> list[dict[str, Any]]:
+        """Failed jobs (newest last) that have no row since: what a rerun would try again."""
+        sql = ("SELECT f.* FROM failures f WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.experiment = f.experiment "
+               "AND r.config_hash IS f.config_hash AND r.arm = f.arm AND r.seed IS f.seed)")
+        args: tuple = ()
+        if experiment is not None:
+            sql, args = sql + " AND f.experiment = ?", (experiment,)
+        with closing(self._connect()) as conn:
+            return [dict(r) for r in conn.execute(sql + " ORDER BY f.id", args)]
 
     def rows(self, experiment: str | None = None) -> list[dict[str, Any]]:
         """All rows (of one experiment when given), ordered by id, JSON columns decoded."""

@@ -24,6 +24,27 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[
             "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0.0))}
 
 
+def chance_level(logits: np.ndarray, labels: np.ndarray | None, regression: bool) -> str | None:
+    """Why a model's eval outputs are no better than a constant guess (chance level), or None: outputs that are
+    not finite, one class for every sample while the labels hold several, or one value for every sample."""
+    if not np.isfinite(logits).all():
+        return "its outputs are not finite (nan or inf)"
+    if regression:
+        return f"it predicts the same value for all {len(logits)} eval samples" if np.ptp(logits) == 0 else None
+    pred = logits.argmax(-1)
+    if labels is not None and len(np.unique(labels)) > 1 and len(np.unique(pred)) == 1:
+        return f"it predicts class {pred[0]} for all {len(pred)} eval samples"
+    return None
+
+
+def below_min(metrics: dict[str, float], min_metric: float | None) -> str | None:
+    """Why `metrics` fail `min_metric` (compared with the first metric), or None."""
+    if min_metric is None or not metrics:
+        return None
+    name, value = next(iter(metrics.items()))
+    return f"its {name} {value:.4f} is below teacher.min_metric {min_metric}" if not value >= min_metric else None
+
+
 def agreement(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
     """Top-1 agreement of two models on the same inputs, in [0, 1]."""
     return float((logits_a.argmax(-1) == logits_b.argmax(-1)).mean())
