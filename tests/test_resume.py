@@ -113,3 +113,26 @@ def test_a_file_size_limit_during_a_checkpoint_write_keeps_the_previous_checkpoi
     assert Resume(path, identity="j").load()["step"] == 1  # the previous checkpoint, intact
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
 
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EFBIG"])
+def test_a_full_disk_in_any_job_write_is_one_line_for_the_parent(tmp_path, monkeypatch, code):
+    """A teacher save or cache build that hits a full disk or a file-size limit: the job exits 2 with one line
+    naming the file and the fix, which the parent records as the job's failure."""
+    import errno
+
+    import leankd.jobs.runner as runner
+    from leankd.jobs.spec import JobSpec, error_path
+
+    spec = JobSpec(role="teacher", arm="teacher", seed=0, config={}, optim="teacher.train", loss={}, model="resnet8",
+                   data_dir="d", out_dir=str(tmp_path), save_path="s", teacher_key="k")
+    (tmp_path / "job.json").write_text(spec.to_json())
+
+    def full(_spec):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(tmp_path / "cache" / "x.npy"))
+
+    monkeypatch.setattr(runner, "run_job", full)
+    assert runner.main([str(tmp_path / "job.json"), str(tmp_path / "result.json")]) == 2
+    line = error_path(tmp_path / "result.json").read_text()
+    assert line.startswith(f"could not write {tmp_path / 'cache' / 'x.npy'} (") and "rerun the same command" in line
+    assert not (tmp_path / "result.json").exists()

@@ -115,15 +115,18 @@ class Resume:
         _atomic_write(self.path, data, keep=self.prev)  # the one before stays readable as .prev
         self._last_save = time.monotonic()
 
-    def beat(self, train_s: float, force: bool = False) -> None:
-        """Record how far training got (at most every 5 s): the work a crash loses is beat - checkpoint."""
+    def beat(self, train_s: float) -> None:
+        """Record how far training got (at most once a second; no fsync, it is only an estimate): the work a
+        crash loses is the last beat minus the checkpoint resumed from, to within a second."""
         now = time.monotonic()
-        if force or now - self._last_beat >= 5.0:
+        if now - self._last_beat >= 1.0:
             self._last_beat = now
+            tmp = self.progress.with_name(f".{self.progress.name}.{os.getpid()}.tmp")
             try:
-                _atomic_write(self.progress, json.dumps({"identity": self.identity, "train_s": train_s}).encode())
-            except CheckpointError:
-                pass  # only the lost-work estimate depends on it; the checkpoint itself reports write errors
+                tmp.write_text(json.dumps({"identity": self.identity, "train_s": train_s}))
+                os.replace(tmp, self.progress)
+            except OSError:
+                pass  # only the lost-work estimate depends on it; checkpoint writes report their own errors
 
     def remove(self) -> None:
         for path in (self.path, self.prev, self.progress):

@@ -230,7 +230,8 @@ class Plan:
         never reused (leankd cannot tell whether the module changed)."""
         if self.user_student:
             return None
-        common = self.cfg.model_dump(mode="json", exclude={"arms", "seeds", "metering", "name", "checkpoint", "guard"})
+        skip = {k: True for k in ("arms", "seeds", "metering", "name", "checkpoint", "guard")}  # not what a row is
+        common = self.cfg.model_dump(mode="json", exclude={**skip, "teacher": {"min_metric": True}})
         return config_hash({**common, "arm": self.cfg.arms[arm].model_dump(mode="json"), "data": self.data_files,
                             "teacher": [self.key, teachers.teacher_weights(self.out_dir, self.key)]})
 

@@ -8,6 +8,8 @@ logging its one line.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import signal
@@ -34,6 +36,12 @@ def run_job(spec: JobSpec, model=None, teacher=None) -> dict:
     return job.result()
 
 
+def _leave_error(result_file: Path, line: str) -> None:
+    """The job's one-line error for the parent's failure record (best effort: the disk may be full)."""
+    with contextlib.suppress(OSError):
+        error_path(result_file).write_text(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     setup_logging()
@@ -43,10 +51,19 @@ def main(argv: list[str] | None = None) -> int:
         result = run_job(spec)
     except UserError as err:
         log.error("%s", err)
-        error_path(result_file).write_text(str(err))
+        _leave_error(result_file, str(err))
+        return EXIT_USER
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            _leave_error(result_file, f"internal error: {type(err).__name__}: {err}")
+            raise
+        line = (f"could not write {err.filename or 'a file'} ({err.strerror}); free disk space or raise the file-size "
+                "limit, then rerun the same command: finished jobs, stored teachers and caches are kept")
+        log.error("%s", line)
+        _leave_error(result_file, line)
         return EXIT_USER
     except Exception as err:
-        error_path(result_file).write_text(f"internal error: {type(err).__name__}: {err}")
+        _leave_error(result_file, f"internal error: {type(err).__name__}: {err}")
         raise
     result_file.write_text(json.dumps(result))
     return 0
