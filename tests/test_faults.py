@@ -95,6 +95,8 @@ def test_kill_9_mid_arm_then_rerun_gives_the_uninterrupted_metrics(uninterrupted
     resumed = got["kd"]["extra"]["resumed"]
     assert (resumed["epoch"], resumed["step"]) == (2, 1) and got["kd"]["lost_s"] >= 0
     assert "resumed" not in want["kd"]["extra"] and want["kd"]["lost_s"] == 0
+    assert "resumed from a checkpoint" in got["kd"]["sources"]["train_s"]  # the ledger says train_s spans two runs
+    assert "resumed from a checkpoint" not in want["kd"]["sources"]["train_s"]
     assert not list((out / "checkpoints").rglob("*.ckpt"))  # removed once the rows were stored
     assert not [p for p in (out / ".tmp").iterdir()]  # the killed run's temp folder is gone too
 

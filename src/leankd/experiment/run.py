@@ -51,8 +51,7 @@ def run_isolated(spec: JobSpec, work: Path) -> tuple[dict, float | None]:
                                         str(result_file)], env)
     if code != 0 or not result_file.is_file():
         error = error_path(result_file)
-        why = error.read_text().strip() if error.is_file() else f"exit code {code}"
-        raise JobFailed(f"{spec.role} job '{spec.arm}' (seed {spec.seed}) failed: {why}")
+        raise _failed(spec, error.read_text().strip() if error.is_file() else f"exit code {code}")
     return json.loads(result_file.read_text()), peak_mb
 
 
@@ -63,7 +62,11 @@ def run_inline(spec: JobSpec, work: Path, student=None, teacher=None) -> tuple[d
     try:
         return run_job(spec, model=teacher if spec.role == "teacher" else student, teacher=teacher), None
     except TrainingError as err:  # as a child's failure: the experiment goes on with the other jobs
-        raise JobFailed(f"{spec.role} job '{spec.arm}' (seed {spec.seed}) failed: {err}") from err
+        raise _failed(spec, str(err)) from err
+
+
+def _failed(spec: JobSpec, why: str) -> JobFailed:
+    return JobFailed(f"{spec.role} job '{spec.arm}' (seed {spec.seed}) failed: {why}")
 
 
 @contextmanager
@@ -209,7 +212,9 @@ def ensure_teacher(plan: Plan, store: ResultsStore, run_one, work: Path) -> list
                 raise JobFailed(f"{err}; no student can run without it") from None
             teachers.save_row(out_dir, key, row)
             _drop_checkpoint(spec)
-    return [row] if store.insert(row) is not None else []
+        # inside the lock: a run of the same experiment waiting on it must find the trained row, not insert a
+        # "reused" one first
+        return [row] if store.insert(row) is not None else []
 
 
 def obtain_teacher(cfg, data_dir: str | Path | None, out_dir: str | Path) -> tuple[Path, str]:

@@ -163,7 +163,8 @@ def train(job: Job) -> None:
     """Count the run's FLOPs (nothing changes), then train under the energy meter; hooks removed after."""
     try:
         if not job.spec.train:  # a loaded or given model: evaluated and metered, not trained
-            flops, stats = {"train_flops": 0, "teacher_flops": 0}, {"train_s": 0.0, "epoch_loss": []}
+            flops = {"train_flops": 0, "teacher_flops": 0}
+            stats = {"train_s": 0.0, "teacher_s": 0.0, "epoch_loss": [], "resumed": None}
             energy = {"joules": None, "source": "unavailable"}
         else:
             flops = count_train_flops(job.distiller, job.optimizer, job.prec, job.loader, job.optim.epochs)
@@ -177,12 +178,13 @@ def train(job: Job) -> None:
                 energy = {"joules": None, "source": "unavailable"}
     finally:
         job.distiller.close()  # every hook removed before evaluation, latency and saving
-    job.measured.update(train={"train_s": stats["train_s"], "teacher_s": stats.get("teacher_s", 0.0),
-                               "lost_s": (stats.get("resumed") or {}).get("lost_s", 0.0)},
+    resumed = stats["resumed"]
+    job.measured.update(train={"train_s": stats["train_s"], "teacher_s": stats["teacher_s"],
+                               "lost_s": resumed["lost_s"] if resumed else 0.0, "resumed": resumed is not None},
                         flops=flops, energy=energy)
     job.extra.update(epoch_loss=stats["epoch_loss"], teacher_flops=flops["teacher_flops"])
-    if stats.get("resumed"):
-        job.extra["resumed"] = stats["resumed"]
+    if resumed:
+        job.extra["resumed"] = resumed
 
 
 def evaluate(job: Job) -> None:

@@ -27,8 +27,8 @@ TIMER = "wall clock, device synchronised at start and end of the step loop"
 
 def job_costs(train: dict, flops: dict, latency: dict, energy: dict, model_facts: dict, memory: dict) -> dict:
     """What a job measured, as plain numbers (sent from the child job to the parent)."""
-    return {"train_s": train["train_s"], "teacher_s": train["teacher_s"], "lost_s": train.get("lost_s", 0.0),
-            "train_flops": flops["train_flops"],
+    return {"train_s": train["train_s"], "teacher_s": train["teacher_s"], "lost_s": train["lost_s"],
+            "resumed": train["resumed"], "train_flops": flops["train_flops"],
             "teacher_flops": flops["teacher_flops"], **latency, "energy_j": energy["joules"],
             "energy_source": energy["source"], **model_facts, **memory}
 
@@ -70,7 +70,7 @@ def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[fl
                                          "infer_ms_p90_b1", "params", "size_mb")})
     ledger["sources"] = {
         "train_s": TIMER + " (evaluation, FLOP counting and saving excluded)" + (
-            "; summed over the runs that made this model (it resumed from a checkpoint)" if costs.get("lost_s")
+            "; summed over the runs that made this model (it resumed from a checkpoint)" if costs.get("resumed")
             else ""),
         "lost_s": "training redone after a crash (progress reached minus the checkpoint resumed from); not in "
                   "total_s",

@@ -63,12 +63,16 @@ def peak_rss_mb() -> float:
 
 def _die_with_parent(parent: int):
     """Run in the child before exec: the kernel SIGKILLs it when its parent dies (Linux PR_SET_PDEATHSIG), so a
-    killed `leankd run` never leaves an orphan job training on; elsewhere a no-op."""
+    killed `leankd run` never leaves an orphan job training on; elsewhere a no-op. prctl is looked up here, in
+    the parent: the forked child (the parent has threads, e.g. a claim's heartbeat) only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
     def arm() -> None:
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:  # the parent died before the line above ran
-                os._exit(1)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the line above ran
+            os._exit(1)
     return arm
 
 
