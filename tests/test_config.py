@@ -41,6 +41,25 @@ def test_bad_layer_pairs_name_the_arm_key():
     assert "arms.kd.pairs.0:" in _err("arms.kd.pairs=[1.5]")
 
 
+def test_budget_matched_arms_are_checked_at_load():
+    assert "method 'plain'" in _err("arms.kd.match=plain")
+    msg = _err("arms.longer={method: plain, match: kdd}")
+    assert msg.startswith("config error: arms.longer.match:") and "'kd'" in msg
+    assert "itself budget-matched" in _err("arms.a={method: plain, match: kd}", "arms.b={method: plain, match: a}")
+    msg = _err("arms={kd: {method: kd}, longer: {method: plain, match: kd}}")
+    assert "unmatched plain arm" in msg and "plain: {method: plain}" in msg
+    cfg = load_config(DEMO, ["arms.longer={method: plain, match: kd, match_by: seconds}"])
+    assert cfg.base_arm("longer") == "plain" and cfg.arms["longer"].match_by == "seconds"
+    # arms without the keys added for matching keep the identity their rows were stored under
+    assert set(cfg.arms["kd"].identity()) == set(cfg.arms["kd"].model_dump()) - {"precision", "match", "match_by"}
+    assert "match" in cfg.arms["longer"].identity()
+
+
+def test_an_arms_precision_is_checked_like_the_experiments():
+    assert _err("arms.kd.precision=fp16", "device=cpu").startswith("config error: arms.kd.precision=fp16 is refused")
+    assert load_config(DEMO, ["arms.kd.precision=fp32"]).arms["kd"].identity()["precision"] == "fp32"
+
+
 def test_fp16_on_cpu_refused():
     msg = _err("precision=fp16", "device=cpu")
     assert "fp16" in msg and "bf16" in msg

@@ -114,6 +114,25 @@ def test_rerun_resumes_and_reuses_teacher(tiny_run, data_dir):
     assert sorted(r["arm"] for r in rows) == ["plain", "teacher"]
 
 
+def test_a_flop_matched_plain_arm_trains_for_the_kd_arms_flops(tiny_run, data_dir):
+    """`match: kd` trains the plain recipe for as many FLOPs as kd's total, measured per seed from kd's row: the
+    steps are plain's scaled by kd/plain total FLOPs, and FLOPs are linear in the samples seen."""
+    out, _ = tiny_run
+    proc = leankd("run", "tests/configs/tiny-cifar10.yaml", "arms.longer={method: plain, match: kd}", "--out", str(out),
+                  data_dir=data_dir)
+    assert "training teacher" not in proc.stderr and "matches kd's flops" in proc.stderr
+    by_arm = {r["arm"]: r for r in ResultsStore(out / "results.db").rows("tiny-cifar10")}
+    plain, kd, longer = by_arm["plain"], by_arm["kd"], by_arm["longer"]
+    budget = longer["extra"]["budget"]
+    steps_per_epoch = 512 // 128
+    assert budget["steps"] == round(steps_per_epoch * kd["total_flops"] / plain["total_flops"]) > steps_per_epoch
+    assert budget["match"] == "kd" and budget["by"] == "flops" and budget["base_arm"] == "plain"
+    assert longer["extra"]["epochs"] == budget["epochs"] == budget["steps"] / steps_per_epoch
+    assert longer["train_flops"] * 512 == plain["train_flops"] * budget["steps"] * 128
+    assert abs(longer["total_flops"] - kd["total_flops"]) <= plain["train_flops"] / steps_per_epoch  # within a step
+    assert longer["train_s"] > 0 and "accuracy" in longer["metrics"]
+
+
 def test_bad_inputs_fail_with_one_line(tmp_path, data_dir):
     proc = leankd("run", "tests/configs/tiny-cifar10.yaml", "train.epoch=2", "--out", str(tmp_path), data_dir=data_dir,
                   check=False)

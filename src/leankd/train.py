@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 import time
+from itertools import islice
 
 import numpy as np
 import torch
@@ -106,9 +107,10 @@ def _check_growth(mean: float, ref: float, max_growth: float, tag: str, epoch: i
 
 
 def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device: torch.device,
-        tag: str = "", resume: Resume | None = None, max_growth: float = 0.0) -> dict:
-    """Train `epochs` epochs; with `resume`, from the job's last checkpoint, writing one as `resume` says and at
-    each epoch end. `max_growth` > 0: stop when a window's mean loss tops max_growth x the first window's."""
+        tag: str = "", resume: Resume | None = None, max_growth: float = 0.0, max_steps: int | None = None) -> dict:
+    """Train `epochs` epochs (the last one cut at `max_steps` steps in all, when given: a budget-matched arm);
+    with `resume`, from the job's last checkpoint, writing one as `resume` says and at each epoch end.
+    `max_growth` > 0: stop when a window's mean loss tops max_growth x the first window's."""
     distiller.train()
     every = CHECK_EVERY if device.type == "cuda" else 1
     start = _start(resume, distiller, optimizer, scheduler, precision, tag)
@@ -123,13 +125,15 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
 
     for epoch in range(start["epoch"], epochs):
         first = start["step"] if epoch == start["epoch"] else 0
-        bar = tqdm(total=loader.num_samples, desc=f"{tag} epoch {epoch + 1}/{epochs}", unit="sample",
+        steps = len(loader) if max_steps is None else min(len(loader), max_steps - epoch * len(loader))
+        bar = tqdm(total=min(loader.num_samples, steps * loader.batch_size), desc=f"{tag} epoch {epoch + 1}/{epochs}",
+                   unit="sample",
                    unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0,
                    initial=min(loader.num_samples, first * loader.batch_size))
         loss_sum, n_steps = (start["loss_sum"].to(device), start["n_steps"]) if first else (torch.zeros(()), 0)
         bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, on device
         window = torch.zeros((), device=device)
-        for step, (x, y, key) in enumerate(loader.keyed_epoch(epoch, first), start=first):
+        for step, (x, y, key) in enumerate(islice(loader.keyed_epoch(epoch, first), steps - first), start=first):
             x, y = to_device(x, device), y.to(device, non_blocking=True)
             with precision.autocast():
                 out = distiller(x, y, key)  # key (sample indices, views): for a cached teacher's lookups
@@ -151,7 +155,7 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
             del out, loss
             if resume is not None:
                 resume.beat(time.perf_counter() - t0)
-                if step + 1 < len(loader) and resume.due(step + 1):
+                if step + 1 < steps and resume.due(step + 1):
                     _check_finite(bad_step, tag, epoch)  # never checkpoint a NaN
                     snapshot(epoch, step + 1, loss_sum, n_steps)
         bar.close()

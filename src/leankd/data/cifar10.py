@@ -157,9 +157,13 @@ class VisionLoader:
     def num_samples(self) -> int:
         return len(self.labels)
 
-    def samples_per_shape(self, epochs: int) -> dict:
-        """Samples processed per input shape over `epochs` (one shape here: 3 x 32 x 32)."""
-        return {(3, 32, 32): epochs * len(self.labels)}
+    def samples_per_shape(self, epochs: int, steps: int | None = None) -> dict:
+        """Samples processed per input shape over `epochs`, or over the first `steps` batches (one shape here:
+        3 x 32 x 32)."""
+        n = len(self.labels)
+        if steps is None:
+            return {(3, 32, 32): epochs * n}
+        return {(3, 32, 32): steps // len(self) * n + min(steps % len(self) * self.batch_size, n)}
 
     def example(self, shape, batch: int):
         """A real (inputs, labels, key) batch of `batch` samples at `shape` (view 0), for FLOP counting and

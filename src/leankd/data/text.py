@@ -106,11 +106,13 @@ class TextLoader:
         for x, y, _ in self.keyed_epoch(epoch):
             yield x, y
 
-    def samples_per_shape(self, epochs: int) -> dict[int, int]:
-        """Samples processed per padded length over `epochs` epochs (FLOPs depend on it)."""
+    def samples_per_shape(self, epochs: int, steps: int | None = None) -> dict[int, int]:
+        """Samples processed per padded length over `epochs` epochs, or the first `steps` batches (FLOPs depend
+        on it)."""
         counts: dict[int, int] = {}
-        for e in range(epochs):
-            for idx in self.batches(e):
+        steps = epochs * len(self) if steps is None else steps
+        for e in range(-(-steps // len(self))):
+            for idx in self.batches(e)[:steps - e * len(self)]:
                 length = int(self.lengths[idx].max())
                 counts[length] = counts.get(length, 0) + len(idx)
         return counts

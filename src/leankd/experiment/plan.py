@@ -195,7 +195,7 @@ class Plan:
                           checkpoint=None if self.user_teacher else
                           self._checkpoint(f"teacher-{self.key}", f"teacher/{self.key}"))
 
-    def student_job(self, arm: str, seed: int) -> JobSpec:
+    def student_job(self, arm: str, seed: int, budget: dict | None = None) -> JobSpec:
         cfg, acfg = self.cfg, self.cfg.arms[arm]
         loads_teacher = uses_teacher(cfg, acfg)
         init = self.init_layers.get(arm)
@@ -210,7 +210,7 @@ class Plan:
                           agreement_with=str(teachers.eval_logits_path(self.out_dir, self.key)),
                           ranking_dir=str(teachers.teacher_dir(self.out_dir, self.key)) if acfg.pairs == "auto"
                           else None, ranking_users=self.ranking_users(), views=self.views(cfg.train.epochs),
-                          cache=cache, teacher_source=source,
+                          cache=cache, teacher_source=source, budget=budget,
                           checkpoint=None if self.user_student else
                           self._checkpoint(f"{cfg.name}/{arm}-seed{seed}", f"{self.row_identity(arm)}/{arm}/{seed}"))
 
@@ -219,6 +219,16 @@ class Plan:
         cp = self.cfg.checkpoint
         return {"path": str((self.out_dir / "checkpoints" / f"{name}.ckpt").resolve()), "identity": identity,
                 "every_s": cp.every_s, "every_steps": cp.every_steps}
+
+    def budget(self, arm: str, target: dict, base: dict) -> dict:
+        """A budget-matched arm's training length: its base arm's steps scaled by target / base on the figure it
+        matches (`target`, `base`: the two arms' rows of the same seed)."""
+        acfg, cfg = self.cfg.arms[arm], self.cfg
+        fig = "total_flops" if acfg.match_by == "flops" else "total_s"
+        per_epoch = -(-self.train_samples // cfg.train.batch_size)
+        steps = max(1, round(cfg.train.epochs * per_epoch * target[fig] / base[fig]))
+        return {"match": acfg.match, "by": acfg.match_by, "target": target[fig], "base": base[fig],
+                "base_arm": base["arm"], "steps": steps, "epochs": steps / per_epoch}
 
     def ranking_users(self) -> int:
         """Jobs of this experiment that use the teacher's layer ranking (share its cost)."""
@@ -232,7 +242,7 @@ class Plan:
             return None
         skip = {k: True for k in ("arms", "seeds", "metering", "name", "checkpoint", "guard")}  # not what a row is
         common = self.cfg.model_dump(mode="json", exclude={**skip, "teacher": {"min_metric": True}})
-        return config_hash({**common, "arm": self.cfg.arms[arm].model_dump(mode="json"), "data": self.data_files,
+        return config_hash({**common, "arm": self.cfg.arms[arm].identity(), "data": self.data_files,
                             "teacher": [self.key, teachers.teacher_weights(self.out_dir, self.key)]})
 
     @classmethod

@@ -144,8 +144,10 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
     with work_dir(out_dir) as tmp:
         written += ensure_teacher(plan, store, run_one, tmp)
         # seed-major: every arm's seed s runs before any arm's seed s+1, so arms compared in the report ran
-        # close together in time (a shared machine drifts by tens of percent over an hour)
-        for seed, arm in ((seed, arm) for seed in cfg.seeds for arm in cfg.arms):
+        # close together in time (a shared machine drifts by tens of percent over an hour); budget-matched arms
+        # run after the arms whose budget they match
+        order = sorted(cfg.arms, key=lambda a: cfg.arms[a].match is not None)
+        for seed, arm in ((seed, arm) for seed in cfg.seeds for arm in order):
             row, error = run_student(plan, store, run_one, tmp, arm, seed)
             written += [row] if row else []
             failures += [error] if error else []
@@ -168,12 +170,12 @@ def run_student(plan: Plan, store: ResultsStore, run_one, work: Path, arm: str, 
             return None, None
         if identity is not None and store.find(*key):  # finished by another process just before our claim
             return None, None
-        spec = plan.student_job(arm, seed)
         try:
+            spec = plan.student_job(arm, seed, matched_budget(plan, store, arm, seed))
             row = make_row(cfg, spec, identity, *run_one(spec, work))
         except JobFailed as err:
             log.error("%s; continuing with the other arms", err)
-            store.record_failure(*key, spec.role, str(err))
+            store.record_failure(*key, "student", str(err))
             return None, str(err)
         if store.insert(row) is None:
             log.warning("arm %s seed %d: a row for it was written meanwhile; not writing a second", arm, seed)
@@ -182,6 +184,25 @@ def run_student(plan: Plan, store: ResultsStore, run_one, work: Path, arm: str, 
     log.info("arm %s seed %d: %s, total_s %.1f", arm, seed,
              ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items()), row["total_s"])
     return row, None
+
+
+def matched_budget(plan: Plan, store: ResultsStore, arm: str, seed: int) -> dict | None:
+    """A budget-matched arm's budget, from the rows of its target and base arms for the same seed (None for any
+    other arm)."""
+    cfg = plan.cfg
+    if cfg.arms[arm].match is None:
+        return None
+    if plan.user_student or plan.train_samples is None:
+        raise JobFailed(f"student job '{arm}' (seed {seed}) failed: match needs leankd's own models and data (the "
+                        f"steps of one epoch); drop arms.{arm}.match with a caller's modules")
+    rows = {}
+    for role, ref in (("target", cfg.arms[arm].match), ("base", cfg.base_arm(arm))):
+        rows[role] = store.find(cfg.name, plan.row_identity(ref), ref, seed)
+        if rows[role] is None:
+            raise JobFailed(f"student job '{arm}' (seed {seed}) failed: it matches the budget of arm '{ref}', which "
+                            f"has no row for seed {seed} (it failed or another process is running it); rerun the "
+                            "same command once it has one")
+    return plan.budget(arm, rows["target"], rows["base"])
 
 
 def _drop_checkpoint(spec: JobSpec) -> None:

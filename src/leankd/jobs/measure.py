@@ -1,6 +1,6 @@
 """What a job measures besides training itself: FLOPs of the whole training run and inference latency.
 
-    flops = count_train_flops(distiller, optimizer, precision, loader, epochs)   # nothing it touches changes
+    flops = count_train_flops(distiller, optimizer, precision, loader, epochs)  # nothing it touches changes
     latency = latency_figures(model, eval_loader, batch_size, precision, device, cfg.metering)
 """
 from __future__ import annotations
@@ -10,8 +10,10 @@ from leankd.metering.flops import count_flops
 from leankd.metering.latency import measure_latency
 
 
-def count_train_flops(distiller, optimizer, precision, loader, epochs: int) -> dict[str, int]:
-    """FLOPs of the whole training run, summed over the real input shapes it will see.
+def count_train_flops(distiller, optimizer, precision, loader, epochs: int, steps: int | None = None
+                      ) -> dict[str, int]:
+    """FLOPs of the whole training run (`epochs`, or its first `steps` batches), summed over the real input shapes
+    it will see.
 
     Every counted op is linear in the batch size, so each distinct shape is counted once, on a real
     2-sample batch, and scaled by the number of samples processed at that shape. The distiller's state
@@ -21,7 +23,7 @@ def count_train_flops(distiller, optimizer, precision, loader, epochs: int) -> d
     total = teacher_total = 0
     b0 = 2
     device = next(distiller.student.parameters()).device
-    for shape, n_samples in loader.samples_per_shape(epochs).items():
+    for shape, n_samples in loader.samples_per_shape(epochs, steps).items():
         x, y, key = loader.example(shape, b0)
         x, y = to_device(x, device), y.to(device)
 

@@ -43,6 +43,8 @@ class JobSpec:
     teacher_source: str = ""         # why the teacher is cached, online or unused (recorded in the row)
     checkpoint: dict | None = None   # mid-run checkpoints: {"path", "identity", "every_s", "every_steps"}
     refuse: dict | None = None       # teacher jobs: {"min_metric", "chance"}: a model below it is never saved
+    budget: dict | None = None       # a budget-matched arm: {"match", "by", "target", "base", "steps", "epochs"}:
+                                     #   train `steps` steps in all (the schedule spans them), not train.epochs
 
     @property
     def tag(self) -> str:

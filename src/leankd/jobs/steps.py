@@ -74,13 +74,24 @@ class Job:
     measured: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
+    @property
+    def steps(self) -> int | None:
+        """A budget-matched arm's steps in all (None: whole epochs)."""
+        return self.spec.budget["steps"] if self.spec.budget else None
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the loop runs: the last one cut short for a budget-matched arm."""
+        return -(-self.steps // len(self.loader)) if self.steps else self.optim.epochs
+
     def result(self) -> dict:
         spec = self.spec
         self.extra.update(method=self.arm.method, arm_config=_recorded_loss(self.arm, self.task.is_regression),
-                          layers=spec.init_layers, epochs=self.optim.epochs, precision=self.prec.name,
+                          layers=spec.init_layers, epochs=spec.budget["epochs"] if spec.budget else self.optim.epochs,
+                          precision=self.prec.name,
                           precision_reason=self.prec.reason, device=str(self.device), from_checkpoint=not spec.train,
                           teacher_source=spec.teacher_source, views=spec.views,
-                          train_samples=self.loader.num_samples)
+                          train_samples=self.loader.num_samples, **({"budget": spec.budget} if spec.budget else {}))
         memory = {"baseline_rss_mb": self.baseline_mb, "cuda_peak_mb": cuda_peak_mb(self.device)}
         return {"metrics": self.metrics, "costs": job_costs(memory=memory, **self.measured), "extra": self.extra,
                 "model": self.model_name, "task": self.task.name, "split": self.task.eval_split,
@@ -105,10 +116,10 @@ def prepare(job: Job) -> None:
         torch.set_num_threads(job.cfg.threads)
     job.baseline_mb, job.started = current_rss_mb(), now_iso()  # baseline after imports
     job.device = resolve_device(job.cfg.device)
-    job.prec = Precision.create(job.cfg.precision, job.device)
+    job.arm = ArmConfig.model_validate(spec.loss)
+    job.prec = Precision.create(job.arm.precision or job.cfg.precision, job.device)  # the arm's, if it sets one
     reset_cuda_peak(job.device)
     job.optim = job.cfg.teacher.train if spec.optim == "teacher.train" else job.cfg.train
-    job.arm = ArmConfig.model_validate(spec.loss)
     job.task = build_task(job.cfg, Path(spec.data_dir), Path(spec.out_dir) / "cache")
     if spec.user_teacher or spec.teacher_path:
         teacher = job.user_teacher if spec.user_teacher else job.task.load(spec.teacher_path)[0]
@@ -154,9 +165,11 @@ def build_distiller(job: Job) -> None:
     if job.ranking:
         job.extra["ranking"] = {k: job.ranking[k] for k in ("by", "samples", "seconds", "path", "reused")}
     job.optimizer = build_optimizer(job.distiller, job.optim)  # the student's parameters and the adapters
-    job.scheduler = build_scheduler(job.optimizer, job.optim, job.optim.epochs * len(job.loader))
-    log.info("%s: %s, %d train samples, %d epochs, precision %s (%s), device %s", spec.arm, job.model_name,
-             job.loader.num_samples, job.optim.epochs, job.prec.name, job.prec.reason, job.device)
+    job.scheduler = build_scheduler(job.optimizer, job.optim, job.steps or job.optim.epochs * len(job.loader))
+    log.info("%s: %s, %d train samples, %s, precision %s (%s), device %s", spec.arm, job.model_name,
+             job.loader.num_samples, f"{job.epochs} epochs" if not job.steps else
+             f"{job.steps} steps ({spec.budget['epochs']:.3g} epochs: {spec.arm} matches {spec.budget['match']}'s "
+             f"{spec.budget['by']})", job.prec.name, job.prec.reason, job.device)
 
 
 def train(job: Job) -> None:
@@ -167,12 +180,13 @@ def train(job: Job) -> None:
             stats = {"train_s": 0.0, "teacher_s": 0.0, "epoch_loss": [], "resumed": None}
             energy = {"joules": None, "source": "unavailable"}
         else:
-            flops = count_train_flops(job.distiller, job.optimizer, job.prec, job.loader, job.optim.epochs)
+            flops = count_train_flops(job.distiller, job.optimizer, job.prec, job.loader, job.epochs, job.steps)
             ckpt = job.spec.checkpoint
             resume = Resume(ckpt["path"], ckpt["identity"], ckpt["every_s"], ckpt["every_steps"]) if ckpt else None
             with EnergyMeter(job.device) as meter:
-                stats = fit(job.distiller, job.loader, job.optimizer, job.scheduler, job.prec, job.optim.epochs,
-                            job.device, tag=job.spec.tag, resume=resume, max_growth=job.cfg.guard.max_loss_growth)
+                stats = fit(job.distiller, job.loader, job.optimizer, job.scheduler, job.prec, job.epochs,
+                            job.device, tag=job.spec.tag, resume=resume, max_growth=job.cfg.guard.max_loss_growth,
+                            max_steps=job.steps)
             energy = {"joules": meter.joules, "source": meter.source}
             if stats["resumed"] and meter.joules is not None:  # the meter saw only the part after the resume
                 energy = {"joules": None, "source": "unavailable"}

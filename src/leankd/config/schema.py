@@ -1,20 +1,14 @@
-"""Typed experiment config: YAML file + dotted `key=value` overrides -> `ExperimentConfig`.
-
-    cfg = load_config("configs/demo/cifar10-resnet20-resnet8.yaml", ["train.epochs=1", "seeds=[0,1]"])
-
-Every mistake is refused here, before any work starts, as a `ConfigError` whose message is one line that
-names the key and, for a typo, the closest valid key. Configs are data: `yaml.safe_load`, never eval.
+"""The config schema: pydantic models of an experiment and the checks that refuse a bad combination.
+Every mistake is refused here, as a `ConfigError` whose message is one line naming the key (see load.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from leankd.errors import ConfigError, UserError, did_you_mean
 
@@ -111,6 +105,14 @@ class ArmConfig(_Strict):
     cache: Literal["auto", "on", "off"] | None = Field(None, description="this arm's teacher cache mode "
                                                        "(default: cache.mode)")
     _cache_words = field_validator("cache", mode="before")(_on_off)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = Field(
+        None, description="this arm's student precision (default: the experiment's); the teacher keeps "
+        "teacher.precision")
+    match: str | None = Field(None, description="method plain only: train for the budget of this other arm (as many "
+                              "FLOPs, or seconds, as its total), measured per seed: is distillation better than "
+                              "training the student longer?")
+    match_by: Literal["flops", "seconds"] = Field("flops", description="the budget match compares: total_flops "
+                                                  "(deterministic) or total_s (this machine's seconds)")
 
     @model_validator(mode="after")
     def _pairs(self) -> "ArmConfig":
@@ -123,7 +125,16 @@ class ArmConfig(_Strict):
             raise ValueError("method 'features' needs pairs (a preset or a list of layers)")
         if self.method == "plain" and self.pairs:
             raise ValueError("pairs need a teacher: use method 'kd' (logits + features) or 'features'")
+        if self.match is not None and self.method != "plain":
+            raise ValueError("match trains a plain student for another arm's budget: use it with method 'plain'")
         return self
+
+    def identity(self) -> dict:
+        """The settings that make a row what it is; keys added after rows were stored count only when set, so
+        older stores keep their rows."""
+        unset = ({"match", "match_by"} if self.match is None else set()) | ({"precision"} if self.precision is None
+                                                                             else set())
+        return self.model_dump(mode="json", exclude=unset)
 
 
 class RankingConfig(_Strict):
@@ -251,7 +262,36 @@ class ExperimentConfig(_Strict):
             self._check_text_arms(task.is_regression)
         if not self.arms:
             raise ValueError("list at least one arm")
+        for name, arm in self.arms.items():
+            if arm.precision is not None:
+                try:
+                    resolve(arm.precision, device)
+                except ConfigError as err:
+                    raise ValueError(f"arms.{name}.{str(err).removeprefix('config error: ')}") from None
+        self._check_matches()
         return self
+
+    def _check_matches(self) -> None:
+        """A budget-matched arm needs its target and an unmatched plain arm of the same settings (its base: the
+        cost of one run of the recipe, which the budget is divided by)."""
+        for name, arm in self.arms.items():
+            if arm.match is None:
+                continue
+            target = self.arms.get(arm.match)
+            if target is None or arm.match == name:
+                raise ValueError(f"arms.{name}.match: '{arm.match}' is not another arm of this experiment"
+                                 f"{did_you_mean(arm.match, [a for a in self.arms if a != name], known=9)}")
+            if target.match is not None:
+                raise ValueError(f"arms.{name}.match: '{arm.match}' is itself budget-matched; match an arm that is not")
+            if self.base_arm(name) is None:
+                raise ValueError(f"arms.{name}.match needs an unmatched plain arm with the same settings to measure "
+                                 "what one run costs (add e.g. plain: {method: plain})")
+
+    def base_arm(self, name: str) -> str | None:
+        """The unmatched plain arm a budget-matched arm scales: the first with the same settings, match aside."""
+        want = self.arms[name].model_dump(exclude={"match", "match_by"})
+        return next((a for a, arm in self.arms.items() if arm.match is None and arm.method == "plain"
+                     and arm.model_dump(exclude={"match", "match_by"}) == want), None)
 
     def _check_text_arms(self, regression: bool) -> None:
         for name, arm in self.arms.items():
@@ -269,123 +309,3 @@ class ExperimentConfig(_Strict):
 def config_hash(obj: Any) -> str:
     """Stable 12-hex hash of a JSON-able object (sorted keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
-# ---------------------------------------------------------------------------- loading and overrides
-
-def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        keys.append(prefix + name)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += _valid_keys(ann, prefix + name + ".")
-    return keys
-
-
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"config error: cannot set '{key}': '{p}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    out = []
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"config error: override '{item}' is not key=value (e.g. train.epochs=3)")
-        key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
-    return out
-
-
-# names other toolkits (Hugging Face TrainingArguments, torchdistill, timm) use for leankd's keys
-ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs", "max_epochs": "epochs",
-           "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size", "bs": "batch_size",
-           "warmup_ratio": "warmup_frac", "wd": "weight_decay", "optim": "optimizer", "lr_scheduler_type": "schedule",
-           "scheduler": "schedule", "tau": "temperature", "T": "temperature", "max_seq_length": "max_length",
-           "seed": "seeds", "bf16": "precision", "fp16": "precision", "mixed_precision": "precision"}
-
-
-def _suggest(loc: str) -> str:
-    """" (did you mean 'x'?)" for an unknown dotted key: a known alias in the same section first, then the closest
-    whole dotted key (arm fields as arms.<name>.field)."""
-    valid = _valid_keys(ExperimentConfig) + [f"arms.<name>.{k}" for k in _valid_keys(ArmConfig)]
-    probe = "arms.<name>." + loc.split(".", 2)[2] if loc.startswith("arms.") and loc.count(".") >= 2 else loc
-    section, _, last = probe.rpartition(".")
-    alias = f"{section}.{ALIASES[last]}".lstrip(".") if last in ALIASES else None
-    if alias in valid:
-        return f" (did you mean '{alias}'?)"
-    same_section = [k for k in valid if k.rpartition(".")[0] == section]
-    return did_you_mean(probe, same_section, cutoff=0.6) or did_you_mean(probe, valid, cutoff=0.6)
-
-
-def _format_error(err: ValidationError) -> str:
-    # a value matching no branch of a union (arms.<name>.pairs) gives one error per branch: report the
-    # deepest one (the branch the input was meant for) and drop pydantic's branch tags from its location
-    e = max(err.errors(), key=lambda e: len(e["loc"]))
-    tags = ("int", "str", PairSpec.__name__)
-    loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in tags)))
-    if e["type"] == "extra_forbidden":
-        return f"config error: unknown key '{loc}'{_suggest(loc)}"
-    if e["type"] in ("value_error", "assertion_error"):
-        msg = str(e.get("ctx", {}).get("error", e["msg"]))
-        return f"config error: {loc + ': ' if loc else ''}{msg}"
-    return f"config error: {loc}: {e['msg'].lower()}, got {e.get('input')!r}"
-
-
-def build_config(tree: dict) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (the second would silently win); keep one", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config error: file '{path}' not found (see configs/ for examples)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"config error: '{path}' is not UTF-8 text (byte {err.start}: {err.reason}); save it "
-                          "as UTF-8") from None
-    try:
-        tree = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"config error: '{path}' is not valid YAML{where}: {what}") from None
-    if tree is None:
-        raise ConfigError(f"config error: '{path}' is empty; start from one of configs/ (e.g. "
-                          "configs/demo/cifar10-resnet20-resnet8.yaml)")
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config error: '{path}' must hold a mapping at the top level")
-    tree.setdefault("name", path.stem)
-    for key, value in parse_overrides(list(overrides)):
-        _set_dotted(tree, key, value)
-    return build_config(tree)
-
-
-def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
