@@ -108,9 +108,8 @@ def _check_growth(mean: float, ref: float, max_growth: float, tag: str, epoch: i
 
 def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device: torch.device,
         tag: str = "", resume: Resume | None = None, max_growth: float = 0.0, max_steps: int | None = None) -> dict:
-    """Train `epochs` epochs (the last one cut at `max_steps` steps in all, when given: a budget-matched arm);
-    with `resume`, from the job's last checkpoint, writing one as `resume` says and at each epoch end.
-    `max_growth` > 0: stop when a window's mean loss tops max_growth x the first window's."""
+    """Train `epochs` epochs (the last cut at `max_steps` steps in all, if given); with `resume`, from the job's last
+    checkpoint, writing one as `resume` says and at each epoch end. `max_growth` > 0: stop at a diverging loss."""
     distiller.train()
     every = CHECK_EVERY if device.type == "cuda" else 1
     start = _start(resume, distiller, optimizer, scheduler, precision, tag)
@@ -127,8 +126,7 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
         first = start["step"] if epoch == start["epoch"] else 0
         steps = len(loader) if max_steps is None else min(len(loader), max_steps - epoch * len(loader))
         bar = tqdm(total=min(loader.num_samples, steps * loader.batch_size), desc=f"{tag} epoch {epoch + 1}/{epochs}",
-                   unit="sample",
-                   unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0,
+                   unit="sample", unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0,
                    initial=min(loader.num_samples, first * loader.batch_size))
         loss_sum, n_steps = (start["loss_sum"].to(device), start["n_steps"]) if first else (torch.zeros(()), 0)
         bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, on device
