@@ -6,6 +6,9 @@
     leankd layers resnet20 | minilm-l6 | CONFIG            (candidate layers: index, module name, output shape)
     leankd layers CONFIG --rank [--out runs]               (teacher layers ranked by measured importance)
     leankd cache ls | rm NAME... [--out runs]              (teacher-output caches and their sizes)
+    leankd run CONFIG --smoke                              (the experiment end to end on a small slice)
+    leankd plan CONFIG [key=value ...] [--gpu-tflops X]    (full-run FLOPs, time, memory from a few steps)
+    leankd export --mlflow sqlite:///runs/mlflow.db [--out runs] [--experiment NAME]   (one MLflow run per row)
 
 User mistakes (config, data, checkpoint, NaN loss: `leankd.errors.UserError`) print one line naming the problem
 and the fix, and exit with status 2; nothing already written is lost. Nothing imports this module.
@@ -28,7 +31,13 @@ def cmd_run(args) -> int:
     from leankd.config import load_config
     from leankd.experiment import run_experiment
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = args.overrides
+    if args.smoke:  # the run as written, on a slice: config overrides through the normal config path
+        from leankd.experiment.smoke import smoke_overrides
+
+        overrides, said = smoke_overrides(args.config, args.overrides)
+        log.info("%s", said)
+    cfg = load_config(args.config, overrides)
     log.info("experiment %s (config hash %s): arms %s, seeds %s", cfg.name, cfg.hash(), list(cfg.arms), cfg.seeds)
     try:
         run_experiment(cfg, args.data_dir, Path(args.out))
@@ -230,6 +239,59 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from leankd.config import load_config
+    from leankd.data.files import resolve_data_dir
+    from leankd.experiment.projection import format_projection, project_config
+    from leankd.experiment.smoke import local_overrides
+
+    if args.steps < 1 or (args.gpu_tflops is not None and args.gpu_tflops <= 0) or not 0 < args.gpu_util <= 1 \
+            or (args.gpu_mem_gb is not None and args.gpu_mem_gb <= 0):
+        raise ConfigError("config error: --steps must be >= 1, --gpu-tflops and --gpu-mem-gb > 0, --gpu-util in "
+                          "(0, 1]")
+    overrides, said = local_overrides(args.config, args.overrides)
+    cfg = load_config(args.config, overrides)
+    proj = project_config(cfg, resolve_data_dir(args.data_dir), args.steps)
+    print(f"{args.config}: {said}")
+    print(format_projection(proj, args.gpu_tflops, args.gpu_util, args.gpu_mem_gb))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from leankd.report.export import export_mlflow  # imports mlflow (seconds) only when exporting
+
+    if Path(args.out).is_file():
+        raise ConfigError(f"config error: --out '{args.out}' is a file, not a folder; give the folder holding "
+                          "results.db")
+    for name, logged, skipped in export_mlflow(Path(args.out) / "results.db", args.mlflow, args.experiment):
+        print(f"{name}: {logged} run(s) logged to MLflow at {args.mlflow}, {skipped} already there")
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    ex = sub.add_parser("export", help="log every stored row to MLflow (one run each; reruns add only new rows)")
+    ex.add_argument("--mlflow", required=True, metavar="URI", help="MLflow tracking URI, e.g. "
+                    "sqlite:///runs/mlflow.db (offline) or http://host:5000; needs `pip install -e \".[mlflow]\"`")
+    ex.add_argument("--out", default="runs", help="folder holding results.db and report.md (default: runs)")
+    ex.add_argument("--experiment", default=None, help="only this experiment (default: all)")
+    ex.set_defaults(func=cmd_export)
+
+
+def _add_plan_parser(sub) -> None:
+    pl = sub.add_parser("plan", help="project a config's full run (FLOPs, time, memory per job) from a few steps "
+                        "measured here")
+    pl.add_argument("config", help="experiment YAML, e.g. configs/paper/cifar10-resnet50-resnet18.yaml")
+    pl.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.task=sst2")
+    pl.add_argument("--steps", type=int, default=5, help="training steps timed per job, after 1 warm-up (default 5)")
+    pl.add_argument("--gpu-tflops", type=float, default=None, help="also project the time on a GPU of this "
+                    "throughput (TFLOP/s; see --gpu-util)")
+    pl.add_argument("--gpu-util", type=float, default=1.0, help="fraction of --gpu-tflops sustained in training "
+                    "(default 1: the figure is taken as sustained; e.g. 0.4 for a datasheet peak)")
+    pl.add_argument("--gpu-mem-gb", type=float, default=None, help="say which jobs fit in a GPU of this memory")
+    pl.add_argument("--data-dir", default=None, help="data directory (default: $LEANKD_DATA_DIR)")
+    pl.set_defaults(func=cmd_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leankd", description="Knowledge distillation at minimal compute, "
                                 "with an honest cost ledger.")
@@ -243,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs", help="folder for the results DB, stored teachers, configs and "
                    "reports (default: runs)")
     r.add_argument("--data-dir", default=None, help="data directory holding cifar10/ (default: $LEANKD_DATA_DIR)")
+    r.add_argument("--smoke", action="store_true", help="end to end on a small slice (a few dozen samples, 1 epoch, "
+                   "1 seed; precision and offline hub names made runnable here; name suffixed -smoke)")
     r.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="print and write the comparison table (Markdown, or JSON)")
@@ -275,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("names", nargs="*", help="for rm: cache names as `leankd cache ls` prints them")
     ca.add_argument("--out", default="runs", help="folder holding cache/teacher/ (default: runs)")
     ca.set_defaults(func=cmd_cache)
+    _add_export_parser(sub)
+    _add_plan_parser(sub)
     return p
 
 

@@ -126,6 +126,8 @@ def _summarise_group(arm: str, config_hash: Any, runs: list[dict], older: bool) 
         "task": _joined([r.get("task") for r in runs]),
         "split": _joined([r.get("split") for r in runs]),
         "teacher_layers": _joined([_layers((r.get("extra") or {}).get("teacher_layers")) for r in runs]),
+        # a compute-matched arm: {"match": arm, "by": "flops" | "seconds", "target", "epochs"} (None otherwise)
+        "budget": next((b for r in reversed(runs) if (b := (r.get("extra") or {}).get("budget"))), None),
         "metrics": {m: _stats([(r.get("metrics") or {}).get(m) for r in runs]) for m in metric_names},
     }
     for fig in LEDGER_FIGURES:
@@ -215,18 +217,24 @@ def _metric_cell(s: dict, name: str) -> str:
 
 
 def _arm_label(s: dict) -> str:
-    """The arm name; an older group also names its config, e.g. "kd (older config 1a2b3c)"."""
+    """The arm name; a compute-matched arm says what it matches, e.g. "plain_matched (plain at kd's FLOPs)", and an
+    older group names its config, e.g. "kd (older config 1a2b3c)"."""
+    label = s["arm"]
+    if budget := s.get("budget"):
+        by = "FLOPs" if budget.get("by") == "flops" else budget.get("by")
+        label += f" (plain at {budget.get('match')}'s {by})"
     if not s.get("older"):
-        return s["arm"]
-    return f"{s['arm']} (older config {str(s.get('config_hash') or 'unknown')[:6]})"
+        return label
+    return f"{label} (older config {str(s.get('config_hash') or 'unknown')[:6]})"
 
 
 def _ratio_cell(value: float | None) -> str:
     return _NA if value is None else f"{value:.2f}"
 
 
-def to_markdown(summary: list[dict], title: str) -> str:
-    """A `## title` section with one table row per arm (teacher first) and a legend."""
+def to_markdown(summary: list[dict], title: str, headline: str = "") -> str:
+    """A `## title` section with one table row per arm (teacher first) and a legend; `headline` (Markdown, see
+    leankd.report.headline) goes above the table."""
     metric_names = _distinct([m for s in summary for m in s["metrics"]])
     sizes = _distinct([b for s in summary for b in (s["infer_batch_size"] if
                        isinstance(s["infer_batch_size"], list) else [s["infer_batch_size"]])])
@@ -274,6 +282,8 @@ def to_markdown(summary: list[dict], title: str) -> str:
     where = [f"{k}: {v}" for k in ("task", "split") if (v := _joined([s[k] for s in summary]))]
     if where:
         lines += [", ".join(where), ""]
+    if headline:
+        lines += [headline]
     lines.append(line([h for h, _ in columns]))
     lines.append("|" + "---|" * len(columns))
     lines += [line([cell(s) for _, cell in columns]) for s in summary]
@@ -296,8 +306,11 @@ def failures_markdown(failures: list[dict]) -> list[str]:
 
 def write_report(store_rows: list[dict], out_dir: str | Path, experiment: str | None = None,
                  failures: list[dict] = ()) -> str:
-    """Write `out_dir/report.md` (one section per experiment, then any failed jobs) and `report.json`; return
-    the Markdown."""
+    """Write `out_dir/report.md` (one section per experiment: headline, then the full ledger; then any failed
+    jobs), `report.json` and `report.html` (leankd.report.page); return the Markdown."""
+    from leankd.report.headline import headline, headline_markdown  # both build on this module
+    from leankd.report.page import write_page
+
     by_exp: dict[str, list[dict]] = {}
     for r in store_rows:
         by_exp.setdefault(r["experiment"], []).append(r)
@@ -308,10 +321,12 @@ def write_report(store_rows: list[dict], out_dir: str | Path, experiment: str | 
         by_exp = {experiment: by_exp[experiment]}
     summaries = {name: summarise(rows) for name, rows in by_exp.items()}
     text = "\n".join(["# leankd report", ""] +
-                     [to_markdown(s, name) for name, s in summaries.items()] + failures_markdown(list(failures)))
+                     [to_markdown(s, name, headline_markdown(headline(s)))
+                      for name, s in summaries.items()] + failures_markdown(list(failures)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text, encoding="utf-8")
     (out / "report.json").write_text(json.dumps(summaries, indent=2), encoding="utf-8")
-    log.info("wrote %s (%d experiment(s))", out / "report.md", len(summaries))
+    write_page(out / "report.html", summaries, by_exp, list(failures), out)
+    log.info("wrote %s and report.html (%d experiment(s))", out / "report.md", len(summaries))
     return text
