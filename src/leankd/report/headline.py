@@ -62,6 +62,7 @@ def _line(s: dict, plain: dict | None, metric: str | None, scale: float) -> dict
     ref = _scaled(plain["metrics"].get(metric), scale) if plain is not None and metric else None
     delta, spread, mark = significance(quality, ref) if plain is not None and s is not plain else (None,) * 3
     return {"arm": s["arm"], "label": _arm_label(s), "role": s["role"], "n": s["n"], "budget": s.get("budget"),
+            "budget_epochs": s.get("budget_epochs") or [],
             "quality": quality, "delta": delta, "spread": spread, "mark": mark,
             "total_s": s["total_s"], "total_flops": s["total_flops"],
             "total_s_x": _ratio(s["total_s"], plain["total_s"]) if plain else None,
@@ -81,8 +82,11 @@ def _comparison(line: dict, target: dict, unit: str) -> dict:
     text = f"{target['arm']} vs plain at {target['arm']}'s {by}: "
     text += "unavailable" if delta is None else f"{delta:+.2f} {unit} " + (
         f"({mark})" if mark != ONE_SEED else "(n/a: 1 seed)")
-    if budget.get("epochs") is not None:
-        text += f"; {line['arm']} trained {budget['epochs']:.3g} epochs to match"
+    epochs = line["budget_epochs"] or [budget["epochs"]] if budget.get("epochs") is not None else []
+    if epochs:  # seconds vary run to run, so a seconds-matched arm's length differs per seed
+        span = f"{min(epochs):.3g}" if max(epochs) - min(epochs) < 5e-3 else \
+            f"{min(epochs):.3g}-{max(epochs):.3g} (per seed)"
+        text += f"; {line['arm']} trained {span} epochs to match"
     return {"target": target["arm"], "matched": line["arm"], "by": budget.get("by"), "delta": delta,
             "spread": spread, "mark": mark, "text": text}
 

@@ -128,6 +128,7 @@ def _summarise_group(arm: str, config_hash: Any, runs: list[dict], older: bool) 
         "teacher_layers": _joined([_layers((r.get("extra") or {}).get("teacher_layers")) for r in runs]),
         # a compute-matched arm: {"match": arm, "by": "flops" | "seconds", "target", "epochs"} (None otherwise)
         "budget": next((b for r in reversed(runs) if (b := (r.get("extra") or {}).get("budget"))), None),
+        "budget_epochs": [b["epochs"] for r in runs if (b := (r.get("extra") or {}).get("budget"))],
         "metrics": {m: _stats([(r.get("metrics") or {}).get(m) for r in runs]) for m in metric_names},
     }
     for fig in LEDGER_FIGURES:
