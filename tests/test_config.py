@@ -116,3 +116,12 @@ def test_temperature_refused_for_regression_where_kd_is_an_mse():
     assert "arms.kd.temperature does not apply" in msg and "stsb" in msg
     cfg = load_config("tests/configs/tiny-sst2.yaml", ["data.task=stsb", "arms={kd: {method: kd, alpha: 0.5}}"])
     assert cfg.arms["kd"].alpha == 0.5  # the default temperature is not an error: it is never used or recorded
+
+
+def test_overrides_may_follow_a_flag_on_the_command_line():
+    from leankd.cli import parse
+
+    args = parse(["run", DEMO, "seeds=[0]", "--smoke", "device=cpu", "--out", "x", "train.epochs=2"])
+    assert args.overrides == ["seeds=[0]", "device=cpu", "train.epochs=2"] and args.smoke and args.out == "x"
+    with pytest.raises(SystemExit):
+        parse(["report", "a=b"])  # report takes no overrides
