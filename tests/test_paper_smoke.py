@@ -34,7 +34,11 @@ def test_smoke_overrides_go_through_the_config_and_the_callers_win(monkeypatch):
 
 @pytest.mark.parametrize("config, name, changed", [
     (VISION, "paper-cifar10-resnet50-resnet18-smoke", "precision 'fp16' -> 'auto'"),
-    (TEXT, "paper-glue-bertlarge-bertbase-smoke", "student.model 'bert-base-uncased' -> 'bert-base'"),
+    # BERT-Large from config (335M parameters, a 1.3 GB teacher saved and loaded twice) takes ~110 s here: over
+    # the suite's budget, so opt-in (LEANKD_SLOW_TESTS=1); it passed in the CI run of 20f54f7 (108 s)
+    pytest.param(TEXT, "paper-glue-bertlarge-bertbase-smoke", "student.model 'bert-base-uncased' -> 'bert-base'",
+                 marks=pytest.mark.skipif(not os.environ.get("LEANKD_SLOW_TESTS"),
+                                          reason="BERT-Large smoke: ~110 s; set LEANKD_SLOW_TESTS=1")),
 ])
 def test_paper_config_smoke_runs_end_to_end(config, name, changed, tmp_path, data_dir):
     env = {**os.environ, "LEANKD_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
