@@ -44,6 +44,8 @@ from leankd.log import setup_logging
 from leankd.models.text import load_tokenizer, student_from_teacher
 from leankd.results.store import ResultsStore
 
+from peer_table import peer_table  # benchmarks/ is on sys.path when a benchmark is run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/demo/sst2-minilm6-to-3l.yaml"
 
@@ -139,23 +141,6 @@ def hf_run(cfg, teacher_dir: str, args) -> dict:
             "agreement": float((s_pred == t_pred).mean()), "version": transformers.__version__}
 
 
-def table(rows: dict, hf: dict) -> str:
-    online = rows["kd_online"]["train_s"] / rows["kd_online"]["extra"]["epochs"]
-    lines = ["| toolkit | epoch time (s) | x leankd online | accuracy (%) | agreement (%) | note |", "|---" * 6 + "|"]
-    for name, r in (("leankd online (cache off)", rows["kd_online"]), ("leankd default (cache on)", rows["kd"])):
-        ep = r["train_s"] / r["extra"]["epochs"]
-        note = f"+ cache build {r['cache_share_s']:.1f} s once" if r["cache_share_s"] else "teacher forward every step"
-        lines.append(f"| {name} | {ep:.1f} | {ep / online:.2f} | {100 * r['metrics']['accuracy']:.2f} | "
-                     f"{100 * r['metrics']['agreement']:.2f} | {note} |")
-    ep = sum(hf["epoch_s"]) / len(hf["epoch_s"])
-    lines.append(f"| transformers {hf['version']} Trainer + KD | {ep:.1f} | {ep / online:.2f} | "
-                 f"{100 * hf['accuracy']:.2f} | {100 * hf['agreement']:.2f} | teacher forward every step |")
-    cached = rows["kd"]["train_s"] + rows["kd"]["cache_share_s"]
-    lines += ["", f"whole run incl. leankd's cache build: leankd cached {cached:.1f}"
-              f" s, leankd online {rows['kd_online']['train_s']:.1f} s, Trainer {sum(hf['epoch_s']):.1f} s"]
-    return "\n".join(lines)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("LEANKD_DATA_DIR"), help="data directory ($LEANKD_DATA_DIR)")
@@ -176,7 +161,7 @@ def main() -> None:
           f", MiniLM-L6 teacher ({100 * rows['teacher']['metrics']['accuracy']:.2f}%) -> 3 layers {cfg.student.layers}"
           f", KD T={cfg.arms['kd'].temperature} alpha={cfg.arms['kd'].alpha}, {args.epochs} epoch(s), batch "
           f"{cfg.train.batch_size}, max_length {cfg.data.max_length}, {args.precision}, {args.threads} thread(s)\n")
-    print(table(rows, hf))
+    print(peer_table(rows, f"transformers {hf['version']} Trainer + KD", hf))
 
 
 if __name__ == "__main__":

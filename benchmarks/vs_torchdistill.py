@@ -38,6 +38,8 @@ from leankd.log import setup_logging
 from leankd.models import create_model
 from leankd.results.store import ResultsStore
 
+from peer_table import peer_table  # benchmarks/ is on sys.path when a benchmark is run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/demo/cifar10-resnet20-resnet8.yaml"
 VENV = REPO / "benchmarks/.venv-torchdistill"
@@ -98,25 +100,6 @@ def torchdistill_run(python: Path, cfg, teacher_row: dict, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def table(rows: dict, td: dict) -> str:
-    online = rows["kd_online"]["train_s"] / rows["kd_online"]["extra"]["epochs"]
-    cached = rows["kd"]
-    lines = ["| toolkit | epoch time (s) | x leankd online | accuracy (%) | agreement (%) | note |", "|---" * 6 + "|"]
-    for name, r in (("leankd online (cache off)", rows["kd_online"]), ("leankd default (cache on)", cached)):
-        ep = r["train_s"] / r["extra"]["epochs"]
-        note = (f"+ cache build {r['cache_share_s']:.1f} s once ({r['extra']['cache']['views']} augmentation view(s))"
-                if r["cache_share_s"] else "teacher forward every step")
-        lines.append(f"| {name} | {ep:.1f} | {ep / online:.2f} | {100 * r['metrics']['accuracy']:.2f} | "
-                     f"{100 * r['metrics']['agreement']:.2f} | {note} |")
-    ep = sum(td["epoch_s"]) / len(td["epoch_s"])
-    lines.append(f"| torchdistill {td['versions']['torchdistill']} | {ep:.1f} | {ep / online:.2f} | "
-                 f"{100 * td['accuracy']:.2f} | {100 * td['agreement']:.2f} | teacher forward every step |")
-    total_cached = cached["train_s"] + cached["cache_share_s"]
-    lines += ["", f"whole run incl. leankd's cache build: leankd cached {total_cached:.1f} s, leankd online "
-              f"{rows['kd_online']['train_s']:.1f} s, torchdistill {sum(td['epoch_s']):.1f} s"]
-    return "\n".join(lines)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("LEANKD_DATA_DIR"), help="data directory ($LEANKD_DATA_DIR)")
@@ -139,7 +122,8 @@ def main() -> None:
           f"ResNet-20 teacher ({100 * teacher['metrics']['accuracy']:.2f}%) -> ResNet-8, Hinton KD "
           f"T={cfg.arms['kd'].temperature} alpha={cfg.arms['kd'].alpha}, {args.epochs} epoch(s), "
           f"batch {cfg.train.batch_size}, {args.precision}, {args.threads} thread(s)\n")
-    print(table(rows, td))
+    views = rows["kd"]["extra"]["cache"]["views"]
+    print(peer_table(rows, f"torchdistill {td['versions']['torchdistill']}", td, f" ({views} augmentation view(s))"))
 
 
 if __name__ == "__main__":
