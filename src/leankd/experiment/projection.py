@@ -25,15 +25,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leankd.batching import to_device
 from leankd.config import build_config
-from leankd.device import resolve_device, sync
+from leankd.device import resolve_device
 from leankd.experiment.plan import Plan, uses_teacher
 from leankd.jobs.measure import count_train_flops
 from leankd.jobs.steps import Job, build_distiller, prepare, teacher_setup
 from leankd.metering.memory import cuda_peak_mb, current_rss_mb, peak_rss_mb
 from leankd.precision import Precision
 from leankd.tasks import build_task
+from leankd.train import fit
 
 log = logging.getLogger(__name__)
 
@@ -134,35 +134,18 @@ def _reset_rss_peak() -> bool:
 
 
 def _timed_steps(job: Job, steps: int) -> tuple[float, float, float]:
-    """(seconds, teacher seconds, CPU seconds of this process) per step over `steps` training steps after one warm-up
-    step: the step of `train.fit` (batch assembly, forward, backward, optimiser and schedule), the device
-    synchronised at the clock."""
-    d, prec, device = job.distiller, job.prec, job.device
-    d.train()
+    """(seconds, teacher seconds, CPU seconds of this process) per step over `steps` training steps of the real loop
+    (`train.fit`: batch assembly, forward, backward, optimiser, schedule, loss checks), after one untimed warm-up
+    step (allocations, kernel selection)."""
+    def run(n: int) -> dict:
+        return fit(job.distiller, job.loader, job.optimizer, job.scheduler, job.prec, -(-n // len(job.loader)),
+                   job.device, tag=f"plan/{job.spec.arm}", max_steps=n)
 
-    def batches():
-        epoch = 0
-        while True:
-            yield from job.loader.keyed_epoch(epoch)
-            epoch += 1
-
-    it, t0, c0 = batches(), 0.0, 0.0
-    for i in range(steps + 1):
-        if i == 1:  # the warm-up step (allocations, kernel selection) is not timed
-            sync(device)
-            d.reset_teacher_time()
-            t0, c0 = time.perf_counter(), time.process_time()
-        x, y, key = next(it)
-        x, y = to_device(x, device), y.to(device)
-        with prec.autocast():
-            out = d(x, y, key)
-        prec.backward(out["loss"])
-        prec.step(job.optimizer)
-        job.optimizer.zero_grad(set_to_none=True)
-        job.scheduler.step()
-        del out
-    sync(device)
-    return (time.perf_counter() - t0) / steps, d.teacher_s / steps, (time.process_time() - c0) / steps
+    run(1)
+    job.distiller.reset_teacher_time()
+    c0 = time.process_time()
+    stats = run(steps)
+    return stats["train_s"] / steps, stats["teacher_s"] / steps, (time.process_time() - c0) / steps
 
 
 def measure_isolated(spec, steps: int, teacher_name: str | None) -> StepMeasure:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from leankd.report.table import _arm_label, _is_percent, _num
+from leankd.report.table import _arm_label, _is_percent, _num, _ratio, _ratio_cell
 
 SIGNIFICANT, NOT_SIGNIFICANT, ONE_SEED = "significant", "n.s.", "n/a (1 seed)"
 
@@ -51,10 +51,6 @@ def quality_metric(summary: list[dict]) -> str | None:
 
 def _scaled(stat: dict | None, scale: float) -> dict | None:
     return None if stat is None else {**stat, "mean": stat["mean"] * scale, "std": stat["std"] * scale}
-
-
-def _ratio(a: dict | None, b: dict | None) -> float | None:
-    return None if a is None or b is None or not b["mean"] else a["mean"] / b["mean"]
 
 
 def _line(s: dict, plain: dict | None, metric: str | None, scale: float) -> dict:
@@ -124,10 +120,6 @@ def mark_cell(line: dict) -> str:
     return line["mark"] if line["spread"] is None else f"{line['mark']} (spread {line['spread']:.2f})"
 
 
-def ratio_cell(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
 def mean_cell(stat: dict | None) -> str:
     return "unavailable" if stat is None else _num(stat["mean"])
 
@@ -140,8 +132,8 @@ def columns(head: dict) -> list[tuple[str, object]]:
     delta = "Δ vs plain" + (" (points)" if head["percent"] else "")
     return [("arm", lambda ln: ln["label"]), ("n", lambda ln: str(ln["n"])), (quality, lambda ln: quality_cell(
         ln["quality"])), (delta, delta_cell), ("vs seed spread", mark_cell),
-            ("total_s ×plain", lambda ln: ratio_cell(ln["total_s_x"])),
-            ("FLOPs ×plain", lambda ln: ratio_cell(ln["flops_x"])),
+            ("total_s ×plain", lambda ln: _ratio_cell(ln["total_s_x"])),
+            ("FLOPs ×plain", lambda ln: _ratio_cell(ln["flops_x"])),
             ("peak mem (MiB)", lambda ln: mean_cell(ln["peak_mem_mb"])),
             (f"infer ms p50 {bs}", lambda ln: mean_cell(ln["infer_ms_p50"]))]
 
