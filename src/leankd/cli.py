@@ -7,6 +7,7 @@
     leankd layers CONFIG --rank [--out runs]               (teacher layers ranked by measured importance)
     leankd cache ls | rm NAME... [--out runs]              (teacher-output caches and their sizes)
     leankd run CONFIG --smoke                              (the experiment end to end on a small slice)
+    leankd run CONFIG --executor slurm --slurm-partition gpu --slurm-gpus 1   (each wave's jobs as SLURM jobs)
     leankd plan CONFIG [key=value ...] [--gpu-tflops X]    (full-run FLOPs, time, memory from a few steps)
     leankd export --mlflow sqlite:///runs/mlflow.db [--out runs] [--experiment NAME]   (one MLflow run per row)
 
@@ -30,6 +31,7 @@ log = logging.getLogger("leankd")
 def cmd_run(args) -> int:
     from leankd.config import load_config
     from leankd.experiment import run_experiment
+    from leankd.experiment.executors import from_args
 
     overrides = args.overrides
     if args.smoke:  # the run as written, on a slice: config overrides through the normal config path
@@ -40,7 +42,7 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config, overrides)
     log.info("experiment %s (config hash %s): arms %s, seeds %s", cfg.name, cfg.hash(), list(cfg.arms), cfg.seeds)
     try:
-        run_experiment(cfg, args.data_dir, Path(args.out))
+        run_experiment(cfg, args.data_dir, Path(args.out), executor=from_args(args))
     except JobFailed:  # the rows that did finish are reported, with the failed jobs listed under them
         _report_run(cfg.name, args.out)
         raise
@@ -49,6 +51,9 @@ def cmd_run(args) -> int:
 
 
 def _report_run(name: str, out: str) -> None:
+    from leankd.dist import World
+    if not World.from_env().main:  # data parallel: rank 0 writes the report
+        return
     from leankd.report.table import write_report
     from leankd.results.store import ResultsStore
 
@@ -277,6 +282,19 @@ def _add_export_parser(sub) -> None:
     ex.set_defaults(func=cmd_export)
 
 
+def _add_executor_args(r) -> None:
+    """`leankd run --executor ...`: where its jobs run (built by leankd.experiment.executors.from_args)."""
+    r.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local", help="local: a "
+                   "child process per job, one at a time (default); slurm: each wave's jobs at once as SLURM jobs "
+                   "(submitit, `pip install 'leankd[cluster]'`); submitit-local: the same as processes here")
+    r.add_argument("--executor-folder", default=None, help="submitit's job files and logs (default: OUT/.submitit)")
+    for flag, kind, what in [("partition", str, "SLURM partition"), ("time", int, "time limit per job, minutes "
+                             "(default: 60)"), ("gpus", int, "GPUs per job (default: 0)"), ("cpus", int, "CPUs per "
+                             "job"), ("mem", float, "memory per job, GB"), ("account", str, "SLURM account"),
+                             ("qos", str, "SLURM quality of service")]:
+        r.add_argument(f"--slurm-{flag}", type=kind, default={"time": 60, "gpus": 0}.get(flag), help=what)
+
+
 def _add_plan_parser(sub) -> None:
     pl = sub.add_parser("plan", help="project a config's full run (FLOPs, time, memory per job) from a few steps "
                         "measured here")
@@ -307,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="data directory holding cifar10/ (default: $LEANKD_DATA_DIR)")
     r.add_argument("--smoke", action="store_true", help="end to end on a small slice (a few dozen samples, 1 epoch, "
                    "1 seed; precision and offline hub names made runnable here; name suffixed -smoke)")
+    _add_executor_args(r)
     r.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="print and write the comparison table (Markdown, or JSON)")

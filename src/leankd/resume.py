@@ -71,8 +71,10 @@ def _decode(data: bytes) -> dict | None:
 class Resume:
     """The checkpoints of one job's training loop."""
 
-    def __init__(self, path: str | Path, identity: str, every_s: float = 300.0, every_steps: int = 0):
-        self.path, self.identity = Path(path), identity
+    def __init__(self, path: str | Path, identity: str, every_s: float = 300.0, every_steps: int = 0,
+                 write: bool = True):
+        self.path, self.identity, self.write = Path(path), identity, write  # write False: a data parallel
+        # rank other than 0, which resumes from rank 0's checkpoints and never writes one
         self.every_s, self.every_steps = every_s, every_steps
         self.prev = self.path.with_name(self.path.name + ".prev")
         self.progress = self.path.with_name(self.path.name + ".progress")
@@ -110,6 +112,8 @@ class Resume:
         return self.every_s > 0 and time.monotonic() - self._last_save >= self.every_s
 
     def save(self, state: dict) -> None:
+        if not self.write:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = _encode({**state, "identity": self.identity, "format": FORMAT})
         _atomic_write(self.path, data, keep=self.prev)  # the one before stays readable as .prev
@@ -119,7 +123,7 @@ class Resume:
         """Record how far training got (at most once a second; no fsync, it is only an estimate): the work a
         crash loses is the last beat minus the checkpoint resumed from, to within a second."""
         now = time.monotonic()
-        if now - self._last_beat >= 1.0:
+        if self.write and now - self._last_beat >= 1.0:
             self._last_beat = now
             tmp = self.progress.with_name(f".{self.progress.name}.{os.getpid()}.tmp")
             try:

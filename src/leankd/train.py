@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from leankd import faults
+from leankd import dist, faults
 from leankd.batching import logits_of, to_device
 from leankd.device import sync
 from leankd.errors import TrainingError
@@ -106,28 +106,37 @@ def _check_growth(mean: float, ref: float, max_growth: float, tag: str, epoch: i
                             "lower the learning rate (train.lr=...) or raise guard.max_loss_growth")
 
 
+def _bar(loader, steps: int, first: int, desc: str) -> tqdm:
+    """The epoch's progress bar in samples (this rank's share; shown by rank 0 only)."""
+    share = getattr(loader, "world", 1)
+    return tqdm(total=min(loader.num_samples, steps * loader.batch_size) // share, desc=desc, unit="sample",
+                unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0,
+                disable=getattr(loader, "rank", 0) > 0,
+                initial=min(loader.num_samples, first * loader.batch_size) // share)
+
+
 def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device: torch.device,
         tag: str = "", resume: Resume | None = None, max_growth: float = 0.0, max_steps: int | None = None) -> dict:
     """Train `epochs` epochs (the last cut at `max_steps` steps in all, if given); with `resume`, from the job's last
-    checkpoint, writing one as `resume` says and at each epoch end. `max_growth` > 0: stop at a diverging loss."""
+    checkpoint, writing one as `resume` says and at each epoch end. `max_growth` > 0: stop at a diverging loss.
+    `distiller` may be wrapped in DistributedDataParallel (its `.module` is the Distiller; `loader` is sharded)."""
+    core = getattr(distiller, "module", distiller)  # checkpoints hold the bare Distiller's state, on any world size
     distiller.train()
     every = CHECK_EVERY if device.type == "cuda" else 1
-    start = _start(resume, distiller, optimizer, scheduler, precision, tag)
+    start = _start(resume, core, optimizer, scheduler, precision, tag)
     history, loss_ref = start["history"], start["loss_ref"]
     sync(device)
     t0 = time.perf_counter() - start["train_s"]
 
     def snapshot(epoch: int, step: int, loss_sum: torch.Tensor, n_steps: int) -> None:
         sync(device)
-        resume.save(_loop_state(distiller, optimizer, scheduler, precision, epoch, step, time.perf_counter() - t0,
+        resume.save(_loop_state(core, optimizer, scheduler, precision, epoch, step, time.perf_counter() - t0,
                                 loss_sum, n_steps, history, loss_ref))
 
     for epoch in range(start["epoch"], epochs):
         first = start["step"] if epoch == start["epoch"] else 0
         steps = len(loader) if max_steps is None else min(len(loader), max_steps - epoch * len(loader))
-        bar = tqdm(total=min(loader.num_samples, steps * loader.batch_size), desc=f"{tag} epoch {epoch + 1}/{epochs}",
-                   unit="sample", unit_scale=True, leave=False, mininterval=1.0 if sys.stderr.isatty() else 10.0,
-                   initial=min(loader.num_samples, first * loader.batch_size))
+        bar = _bar(loader, steps, first, f"{tag} epoch {epoch + 1}/{epochs}")
         loss_sum, n_steps = (start["loss_sum"].to(device), start["n_steps"]) if first else (torch.zeros(()), 0)
         bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, on device
         window = torch.zeros((), device=device)
@@ -158,14 +167,14 @@ def fit(distiller, loader, optimizer, scheduler, precision, epochs: int, device:
                     snapshot(epoch, step + 1, loss_sum, n_steps)
         bar.close()
         _check_finite(bad_step, tag, epoch)
-        history.append((loss_sum / max(1, n_steps)).item())
+        history.append(dist.mean((loss_sum / max(1, n_steps)).item()))  # data parallel: over every rank
         log.info("%s epoch %d/%d: mean loss %.4f, %.0f s elapsed", tag, epoch + 1, epochs, history[-1],
                  time.perf_counter() - t0)
         if resume is not None:  # the last one too: a crash in evaluation or saving never redoes training
             snapshot(epoch + 1, 0, torch.zeros(()), 0)
     sync(device)
     return {"train_s": time.perf_counter() - t0, "epoch_loss": history, "resumed": start["resumed"],
-            "teacher_s": start["teacher_s"] + distiller.teacher_s}
+            "teacher_s": start["teacher_s"] + core.teacher_s}
 
 
 @torch.inference_mode()

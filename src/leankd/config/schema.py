@@ -66,6 +66,9 @@ class TeacherConfig(_Strict):
     precision: Literal["same", "fp32", "bf16", "int8"] = Field(
         "same", description="the teacher's forwards when distilling (cache build and online): same = the "
         "experiment's precision; int8 = dynamic quantisation of its Linear layers (text teachers on CPU)")
+    shard: bool = Field(False, description="data parallel runs (torchrun): shard the online teacher's parameters "
+                        "over the ranks with FSDP (fully_shard per block), gathered for each block's forward; for a "
+                        "teacher too big for one device (GPU); no effect in one process")
 
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from leankd.data import randomness as rnd
+from leankd.data.shard import Sharded
 from leankd.errors import DataError
 
 # Per-channel statistics measured on this lossy copy's train split (pixels / 255).
@@ -137,7 +138,7 @@ def augment(x: torch.Tensor, seed: int, epoch: int | np.ndarray, index: np.ndarr
     return xp.gather(2, rows).gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
-class VisionLoader:
+class VisionLoader(Sharded):
     """Batches of (normalised float images, labels) from uint8 arrays; no worker processes needed.
 
     Augmentation is a pure function of (aug_seed, view, sample index); in epoch e sample i gets view
@@ -160,10 +161,12 @@ class VisionLoader:
     def samples_per_shape(self, epochs: int, steps: int | None = None) -> dict:
         """Samples processed per input shape over `epochs`, or over the first `steps` batches (one shape here:
         3 x 32 x 32)."""
-        n = len(self.labels)
-        if steps is None:
-            return {(3, 32, 32): epochs * n}
-        return {(3, 32, 32): steps // len(self) * n + min(steps % len(self) * self.batch_size, n)}
+        n, b = len(self.labels), self.batch_size
+        steps = epochs * len(self) if steps is None else steps
+        full, last = (len(self.local(np.arange(size))) for size in (b, n - (len(self) - 1) * b))  # this rank's
+        per_epoch = (len(self) - 1) * full + last
+        rest = steps % len(self)
+        return {(3, 32, 32): steps // len(self) * per_epoch + (rest * full if rest else 0)}
 
     def example(self, shape, batch: int):
         """A real (inputs, labels, key) batch of `batch` samples at `shape` (view 0), for FLOP counting and
@@ -184,7 +187,7 @@ class VisionLoader:
         n = len(self.labels)
         order = rnd.shuffle_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
         for start in range(start * self.batch_size, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = self.local(order[start:start + self.batch_size])
             view = rnd.view_of(self.seed, epoch, idx, self.views)
             yield self.inputs(idx, view), self.labels[torch.from_numpy(idx)], {"index": idx, "view": view}
 

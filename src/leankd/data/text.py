@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from leankd.data import randomness as rnd
+from leankd.data.shard import Sharded
 
 log = logging.getLogger(__name__)
 STREAM_BATCH_ORDER = 5
@@ -48,7 +49,7 @@ def tokenize_split(tokenizer, texts_a: list[str], texts_b: list[str] | None, max
     return out
 
 
-class TextLoader:
+class TextLoader(Sharded):
     """Batches of ({input_ids, token_type_ids, attention_mask}, labels), padded to the batch's longest."""
 
     def __init__(self, enc: dict[str, list[np.ndarray]], labels: np.ndarray, batch_size: int, seed: int = 0,
@@ -100,6 +101,7 @@ class TextLoader:
     def keyed_epoch(self, epoch: int, start: int = 0):
         """(inputs, labels, key) batches from batch `start` on; key = {"index": sample indices, "view": zeros}."""
         for idx in self.batches(epoch)[start:]:
+            idx = self.local(idx)
             yield self.collate(idx), self.labels[torch.from_numpy(idx)], {"index": idx, "view": np.zeros_like(idx)}
 
     def epoch(self, epoch: int):
@@ -113,6 +115,7 @@ class TextLoader:
         steps = epochs * len(self) if steps is None else steps
         for e in range(-(-steps // len(self))):
             for idx in self.batches(e)[:steps - e * len(self)]:
+                idx = self.local(idx)
                 length = int(self.lengths[idx].max())
                 counts[length] = counts.get(length, 0) + len(idx)
         return counts

@@ -4,6 +4,7 @@
     plan.teacher_job()                               # the JobSpec that trains (or loads) the teacher
     plan.student_job("kd", seed=0)                   # a JobSpec per arm x seed
     plan.row_identity("kd")                          # settings + data files + teacher weights: the row's identity
+    plan.cache_job(["kd"])                           # the job that builds the teacher cache those arms read
 
 Whether a job runs the teacher, which teacher layers a text student starts from, where the teacher comes from
 (online or a cache, and what the cache holds) and how the ranking's cost is shared are decided here and nowhere
@@ -11,6 +12,7 @@ else.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +178,18 @@ class Plan:
                 "dtype": cfg.cache.dtype, "batch_size": cfg.cache.batch_size or self.build_batch(),
                 "users": len(self.cache_users()) * len(cfg.seeds), "maps": self.cache_layout[1]}, why
 
+    def cache_job(self, arms) -> JobSpec | None:
+        """The job that only builds the teacher cache (steps up to teacher_cache) before the students that read it
+        run, for the cache users among `arms` (the arms with jobs still to run); None when none of them reads the
+        cache or a valid cache is already there. Its spec is its first user's (same cache key, same maps)."""
+        users = [a for a in arms if a in self.cache_users()]
+        if not users:
+            return None
+        if TeacherCache(self.out_dir / "cache" / "teacher", self.cache_key()).is_valid():
+            return None  # hashes every shard: asked once per run
+        spec = self.student_job(users[0], self.cfg.seeds[0])
+        return dataclasses.replace(spec, until="teacher_cache", checkpoint=None)
+
     def build_batch(self) -> int:
         """The cache build's teacher batch: 4x the training batch for images (no backward, so memory allows it);
         the training batch for text, where a wider batch pads more tokens (sorted by length either way)."""
@@ -241,7 +255,7 @@ class Plan:
         if self.user_student:
             return None
         skip = {k: True for k in ("arms", "seeds", "metering", "name", "checkpoint", "guard")}  # not what a row is
-        common = self.cfg.model_dump(mode="json", exclude={**skip, "teacher": {"min_metric": True}})
+        common = self.cfg.model_dump(mode="json", exclude={**skip, "teacher": {"min_metric": True, "shard": True}})
         return config_hash({**common, "arm": self.cfg.arms[arm].identity(), "data": self.data_files,
                             "teacher": [self.key, teachers.teacher_weights(self.out_dir, self.key)]})
 

@@ -2,34 +2,36 @@
 
     rows = run_experiment(cfg, data_dir=Path("../shared/data"), out_dir=Path("runs"))
 
-Each job runs in its own child process (`python -m leankd.jobs.runner`), so a row's `peak_mem_mb` is that
-job's own peak resident set (`os.wait4`) less its baseline after imports. Rerunning the same command resumes:
-a job whose row (same identity: settings, data files, teacher weights) is in the store is skipped.
+Every job goes through an executor (executors.py): by default each runs in its own child process (`python -m
+leankd.jobs.runner`), one at a time, so a row's `peak_mem_mb` is that job's own peak resident set (`os.wait4`)
+less its baseline after imports; `executor=SubmititExecutor(...)` runs each wave's jobs at once on SLURM.
+Rerunning the same command resumes: a job whose row (same identity: settings, data files, teacher weights) is
+in the store is skipped.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from leankd import dist
 from leankd.config import save_config
 from leankd.data.files import prepare_out_dir, resolve_data_dir
-from leankd.errors import JobFailed, TrainingError
-from leankd.experiment import teachers
+from leankd.errors import JobFailed
+from leankd.experiment import distributed, teachers
+from leankd.experiment.executors import POLL_S, Executor, InlineExecutor, LocalExecutor, Pending
 from leankd.experiment.plan import Plan
-from leankd.jobs.spec import JobSpec, error_path
+from leankd.jobs.spec import JobSpec
 from leankd.locks import locked, pid_alive
 from leankd.metering.ledger import build_ledger, shared_cost
-from leankd.metering.memory import run_child_measured
 from leankd.results.store import ResultsStore
 from leankd.resume import Resume
 from leankd.tasks import build_task, check_data
@@ -39,34 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 30.0  # how often a running job's claim is refreshed in the store
-
-
-def run_isolated(spec: JobSpec, work: Path) -> tuple[dict, float | None]:
-    """The local executor: the job in a child process that dies with this one; (its result, its peak RSS)."""
-    job_file, result_file = work / f"{spec.arm}-{spec.seed}.job.json", work / f"{spec.arm}-{spec.seed}.result.json"
-    job_file.write_text(spec.to_json())
-    result_file.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    code, peak_mb = run_child_measured([sys.executable, "-m", "leankd.jobs.runner", str(job_file),
-                                        str(result_file)], env)
-    if code != 0 or not result_file.is_file():
-        error = error_path(result_file)
-        raise _failed(spec, error.read_text().strip() if error.is_file() else f"exit code {code}")
-    return json.loads(result_file.read_text()), peak_mb
-
-
-def run_inline(spec: JobSpec, work: Path, student=None, teacher=None) -> tuple[dict, float | None]:
-    """The same job in this process (user modules, or metering.isolate_arms=false): no peak memory of its own."""
-    from leankd.jobs.runner import run_job
-
-    try:
-        return run_job(spec, model=teacher if spec.role == "teacher" else student, teacher=teacher), None
-    except TrainingError as err:  # as a child's failure: the experiment goes on with the other jobs
-        raise _failed(spec, str(err)) from err
-
-
-def _failed(spec: JobSpec, why: str) -> JobFailed:
-    return JobFailed(f"{spec.role} job '{spec.arm}' (seed {spec.seed}) failed: {why}")
 
 
 @contextmanager
@@ -123,11 +97,44 @@ def make_row(cfg, spec: JobSpec, identity: str | None, result: dict, peak_rss_mb
             "started_at": prov["started_at"], "ended_at": prov["ended_at"]}
 
 
+def choose_executor(cfg, student=None, teacher=None, executor: Executor | None = None) -> Executor:
+    """The one place where an experiment's executor is chosen: the caller's, else a caller's modules run in this
+    process, else a child process per job (or in-process with metering.isolate_arms=false)."""
+    if executor is not None:
+        return executor
+    if student is not None or teacher is not None:
+        return InlineExecutor(student, teacher)
+    return LocalExecutor() if cfg.metering.isolate_arms else InlineExecutor()
+
+
+def run_data_parallel(cfg, data_dir, out_dir, world: dist.World, user: bool = False) -> list[dict]:
+    """Rank 0 runs the experiment with every job sent to all ranks; the other ranks follow it (no store, no rows)."""
+    distributed.check_supported(cfg, user)
+    distributed.start(world)
+    try:
+        if not world.main:
+            with work_dir(prepare_out_dir(out_dir)) as tmp:
+                distributed.follow(world, tmp)
+            return []
+        executor = distributed.DistributedExecutor(world)
+        try:
+            return run_experiment(cfg, data_dir, out_dir, executor=executor)
+        finally:
+            executor.close()
+    finally:
+        distributed.stop()
+
+
 def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, student=None,
-                   teacher: "torch.nn.Module | None" = None) -> list[dict]:
+                   teacher: "torch.nn.Module | None" = None, executor: Executor | None = None) -> list[dict]:
     """Run every job of `cfg`; returns the rows written. Your own models: `student` is an nn.Module (copied
     for each arm x seed) or a zero-arg factory, `teacher` a trained nn.Module (evaluated, not trained). They
-    run in this process, so their rows' peak memory reads "unavailable", and their rows are never reused."""
+    run in this process, so their rows' peak memory reads "unavailable", and their rows are never reused.
+    `executor`: where the jobs run (executors.py; None: a child process each, one at a time). Under torchrun /
+    accelerate launch (WORLD_SIZE > 1) every job runs data parallel over the launched processes (distributed.py)."""
+    world = dist.World.from_env()
+    if executor is None and world.size > 1:
+        return run_data_parallel(cfg, data_dir, out_dir, world, user=student is not None or teacher is not None)
     data_dir = resolve_data_dir(data_dir)
     check_data(cfg, data_dir)  # fail before any work on a missing or malformed file
     out_dir = prepare_out_dir(out_dir)
@@ -136,51 +143,130 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
     plan = Plan.make(cfg, data_dir, out_dir, task, student, teacher)
     store = ResultsStore(out_dir / "results.db")
     save_config(cfg, out_dir / "configs" / f"{cfg.name}-{cfg.hash()}.yaml")
-    if user:
-        run_one = functools.partial(run_inline, student=student, teacher=teacher)
-    else:
-        run_one = run_isolated if cfg.metering.isolate_arms else run_inline
+    executor = choose_executor(cfg, student, teacher, executor)
     written, failures = [], []
     with work_dir(out_dir) as tmp:
-        written += ensure_teacher(plan, store, run_one, tmp)
-        # seed-major: every arm's seed s runs before any arm's seed s+1, so arms compared in the report ran
-        # close together in time (a shared machine drifts by tens of percent over an hour); budget-matched arms
-        # run after the arms whose budget they match
-        order = sorted(cfg.arms, key=lambda a: cfg.arms[a].match is not None)
-        for seed, arm in ((seed, arm) for seed in cfg.seeds for arm in order):
-            row, error = run_student(plan, store, run_one, tmp, arm, seed)
-            written += [row] if row else []
-            failures += [error] if error else []
+        # waves, each waiting for the one before: the teacher; the teacher cache its readers share; every
+        # unmatched arm x seed at once; budget-matched arms last (they need their target's row). Seed-major within
+        # a wave: every arm's seed s is submitted before any arm's seed s+1, so with one job at a time the arms
+        # compared in the report ran close together in time (a shared machine drifts by tens of percent an hour)
+        written += ensure_teacher(plan, store, executor, tmp)
+        jobs = [(arm, seed) for seed in cfg.seeds for arm in cfg.arms]
+        ensure_cache(plan, store, executor, tmp, jobs)
+        for matched in (False, True):
+            rows, errors = run_wave(plan, store, executor, tmp,
+                                    [(a, s) for a, s in jobs if (cfg.arms[a].match is not None) == matched])
+            written, failures = written + rows, failures + errors
     if failures:
         raise JobFailed(f"{len(failures)} job(s) failed: " + "; ".join(failures))
     return written
 
 
-def run_student(plan: Plan, store: ResultsStore, run_one, work: Path, arm: str, seed: int
-                ) -> tuple[dict | None, str | None]:
-    """One student job unless its row exists or another live process runs it: (the row written, or the error)."""
+def ensure_cache(plan: Plan, store: ResultsStore, executor: Executor, work: Path, jobs: list[tuple[str, int]]) -> None:
+    """Build the teacher cache (a job that stops after the teacher_cache step) before the students that read it,
+    when one of them still has to run and no valid cache exists. If the build fails, each reader builds it itself
+    (and fails on its own)."""
+    cfg = plan.cfg
+    todo = [a for a, s in jobs if not (plan.row_identity(a) and store.find(cfg.name, plan.row_identity(a), a, s))]
+    spec = plan.cache_job(dict.fromkeys(todo))
+    if spec is None:
+        return
+    log.info("building the teacher cache for arms %s", ", ".join(a for a in dict.fromkeys(todo)
+                                                                 if a in plan.cache_users()))
+    try:
+        executor.submit(spec, work).result()
+    except JobFailed as err:
+        log.error("%s; the students that read the cache will try to build it themselves", err)
+
+
+@dataclass
+class _Flying:
+    """A student job in flight: its store key and row identity, spec, pending result and claim."""
+    key: tuple
+    identity: str | None
+    spec: JobSpec
+    pending: Pending
+    claim: contextlib.ExitStack
+
+
+def run_wave(plan: Plan, store: ResultsStore, executor: Executor, work: Path, jobs: list[tuple[str, int]]
+             ) -> tuple[list[dict], list[str]]:
+    """Submit every (arm, seed) of `jobs` not already done or run by another live process, in order, each under
+    its claim; rows are written here as jobs finish. Returns (rows written, errors)."""
+    written, failures, flying = [], [], []
+
+    def collect(block: bool) -> None:
+        done: list[_Flying] = []
+        while flying:
+            done = [f for f in flying if f.pending.done()]
+            if done or not block:
+                break
+            time.sleep(POLL_S)
+        for f in done:
+            flying.remove(f)
+            with f.claim:  # released once its row is written (or its failure recorded)
+                row, error = finish_student(plan, store, f)
+            written.extend([row] if row else [])
+            failures.extend([error] if error else [])
+
+    with contextlib.ExitStack() as claims:  # any claim still held is released if this process stops
+        for arm, seed in jobs:
+            job = start_student(plan, store, executor, work, arm, seed)
+            if isinstance(job, str):
+                failures.append(job)
+            elif job is not None:
+                claims.enter_context(job.claim)
+                flying.append(job)
+            collect(block=False)  # a job run at submit time (the local executor) is written before the next
+        while flying:
+            collect(block=True)
+    return written, failures
+
+
+def start_student(plan: Plan, store: ResultsStore, executor: Executor, work: Path, arm: str, seed: int
+                  ) -> _Flying | str | None:
+    """Claim and submit one student job, unless its row exists or another live process runs it: the job in flight,
+    None (skipped), or its error (a budget-matched arm whose target has no row)."""
     cfg, identity = plan.cfg, plan.row_identity(arm)
     key = (cfg.name, identity, arm, seed)
     if identity is not None and store.find(*key):
         log.info("arm %s seed %d already done (row in store); skipping", arm, seed)
-        return None, None
-    with claimed(store, key) if identity is not None else contextlib.nullcontext() as holder:
-        if holder is not None:
-            log.info("arm %s seed %d is being run by process %d; skipping it here", arm, seed, holder)
-            return None, None
-        if identity is not None and store.find(*key):  # finished by another process just before our claim
-            return None, None
-        try:
-            spec = plan.student_job(arm, seed, matched_budget(plan, store, arm, seed))
-            row = make_row(cfg, spec, identity, *run_one(spec, work))
-        except JobFailed as err:
+        return None
+    claim = contextlib.ExitStack()
+    holder = claim.enter_context(claimed(store, key)) if identity is not None else None
+    if holder is not None:
+        log.info("arm %s seed %d is being run by process %d; skipping it here", arm, seed, holder)
+        claim.close()
+        return None
+    if identity is not None and store.find(*key):  # finished by another process just before our claim
+        claim.close()
+        return None
+    try:
+        spec = plan.student_job(arm, seed, matched_budget(plan, store, arm, seed))
+        return _Flying(key, identity, spec, executor.submit(spec, work), claim)
+    except JobFailed as err:
+        with claim:
             log.error("%s; continuing with the other arms", err)
             store.record_failure(*key, "student", str(err))
-            return None, str(err)
-        if store.insert(row) is None:
-            log.warning("arm %s seed %d: a row for it was written meanwhile; not writing a second", arm, seed)
-            return None, None
-        _drop_checkpoint(spec)
+        return str(err)
+    except BaseException:
+        claim.close()
+        raise
+
+
+def finish_student(plan: Plan, store: ResultsStore, job: _Flying) -> tuple[dict | None, str | None]:
+    """A finished student job's row, written to the store: (the row, or None; its error, or None)."""
+    arm, seed = job.spec.arm, job.spec.seed
+    try:
+        row = make_row(plan.cfg, job.spec, job.identity, *job.pending.result())
+    except JobFailed as err:
+        log.error("%s; continuing with the other arms", err)
+        store.record_failure(*job.key, "student", str(err))
+        return None, str(err)
+    if store.insert(row) is None:
+        log.warning("arm %s seed %d: a row for it was written meanwhile; not writing a second", arm, seed)
+        return None, None
+    _drop_checkpoint(job.spec)
     log.info("arm %s seed %d: %s, total_s %.1f", arm, seed,
              ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items()), row["total_s"])
     return row, None
@@ -211,7 +297,7 @@ def _drop_checkpoint(spec: JobSpec) -> None:
         Resume(spec.checkpoint["path"], spec.checkpoint["identity"]).remove()
 
 
-def ensure_teacher(plan: Plan, store: ResultsStore, run_one, work: Path) -> list[dict]:
+def ensure_teacher(plan: Plan, store: ResultsStore, executor: Executor, work: Path) -> list[dict]:
     """The teacher's row for this experiment: already there, a stored teacher reused, or trained now. Concurrent
     runs needing the same teacher wait on its lock and reuse what the first one trained."""
     cfg, key, out_dir = plan.cfg, plan.key, plan.out_dir
@@ -227,7 +313,7 @@ def ensure_teacher(plan: Plan, store: ResultsStore, run_one, work: Path) -> list
             log.info("training teacher %s (stored under %s)", cfg.teacher.model, teachers.teacher_dir(out_dir, key))
             spec = plan.teacher_job()
             try:
-                row = make_row(cfg, spec, key, *run_one(spec, work))
+                row = make_row(cfg, spec, key, *executor.submit(spec, work).result())
             except JobFailed as err:
                 store.record_failure(cfg.name, key, "teacher", cfg.teacher.seed, "teacher", str(err))
                 raise JobFailed(f"{err}; no student can run without it") from None
@@ -246,5 +332,5 @@ def obtain_teacher(cfg, data_dir: str | Path | None, out_dir: str | Path) -> tup
     plan = Plan.make(cfg, data_dir, out_dir)
     if not teachers.is_stored(out_dir, plan.key):
         with work_dir(out_dir) as tmp:
-            ensure_teacher(plan, ResultsStore(out_dir / "results.db"), run_isolated, tmp)
+            ensure_teacher(plan, ResultsStore(out_dir / "results.db"), LocalExecutor(), tmp)
     return data_dir, plan.key

@@ -21,8 +21,8 @@ from leankd.tasks.metrics import below_min
 
 def teacher_key(cfg, data_files: list[str], module: torch.nn.Module | None = None) -> str:
     """Hash of the teacher's settings, the data files' identities, and its checkpoint file or module weights."""
-    # precision: how it distils; min_metric: a check on it. Neither is what the teacher is.
-    settings = cfg.teacher.model_dump(mode="json", exclude={"precision", "min_metric"})
+    # precision, shard: how it distils; min_metric: a check on it. None is what the teacher is.
+    settings = cfg.teacher.model_dump(mode="json", exclude={"precision", "min_metric", "shard"})
     ident = {"teacher": settings, "data": cfg.data.model_dump(mode="json"),
              "precision": cfg.precision, "files": data_files}
     if cfg.teacher.checkpoint:

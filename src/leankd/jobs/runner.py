@@ -20,16 +20,22 @@ from leankd.errors import EXIT_USER, UserError
 from leankd.jobs.spec import JobSpec, error_path
 from leankd.jobs.steps import STEPS, Job
 from leankd.log import setup_logging
+from leankd.metering.provenance import now_iso
 
 log = logging.getLogger(__name__)
 
 
 def run_job(spec: JobSpec, model=None, teacher=None) -> dict:
-    """Run every step of `spec`; `model` / `teacher` are the caller's modules when spec says "user"."""
+    """Run every step of `spec` (up to `spec.until`); `model` / `teacher` are the caller's modules when spec says
+    "user". A job stopped early returns what its steps recorded: {"until", "extra", "started_at", "ended_at"}."""
+    if spec.until is not None and spec.until not in [s.__name__ for s in STEPS]:
+        raise ValueError(f"job spec: until={spec.until!r} is not a step ({', '.join(s.__name__ for s in STEPS)})")
     job = Job(spec, user_model=model, user_teacher=teacher)
     try:
         for step in STEPS:
             step(job)
+            if step.__name__ == spec.until:  # e.g. the teacher cache built: no student is trained
+                return {"until": spec.until, "extra": job.extra, "started_at": job.started, "ended_at": now_iso()}
     finally:
         if job.distiller is not None:
             job.distiller.close()  # hooks never outlive the job, even on an error (user modules run in-process)

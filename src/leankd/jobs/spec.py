@@ -45,6 +45,7 @@ class JobSpec:
     refuse: dict | None = None       # teacher jobs: {"min_metric", "chance"}: a model below it is never saved
     budget: dict | None = None       # a budget-matched arm: {"match", "by", "target", "base", "steps", "epochs"}:
                                      #   train `steps` steps in all (the schedule spans them), not train.epochs
+    until: str | None = None         # stop after this step (e.g. "teacher_cache": a job that only builds the cache)
 
     @property
     def tag(self) -> str:

@@ -10,20 +10,23 @@ the job's state.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from leankd import dist
 from leankd.batching import to_device
 from leankd.config import ArmConfig, build_config
 from leankd.device import resolve_device
 from leankd.distill.distiller import Distiller
 from leankd.distill.ranking import load_or_rank
 from leankd.distill.selection import build_pairs, describe, teacher_indices
-from leankd.errors import TrainingError
+from leankd.errors import ConfigError, TrainingError
 from leankd.jobs.measure import count_train_flops, latency_figures
 from leankd.jobs.spec import JobSpec
 from leankd.jobs.teacher_cache import teacher_cache, teacher_setup
@@ -48,6 +51,7 @@ class Job:
     spec: JobSpec
     user_model: object = None
     user_teacher: torch.nn.Module | None = None
+    world: dist.World = field(default_factory=dist.World.from_env)  # data parallel: this rank, of how many
     # filled by prepare: the resolved config, device, precision, optimiser settings, loss, task, models
     cfg: object = None
     device: torch.device | None = None
@@ -67,6 +71,7 @@ class Job:
     teacher_precision: str = "fp32"  # teacher_setup: the teacher's own precision when distilling
     teacher_autocast: object = None
     reference_teacher: torch.nn.Module | None = None  # teacher_setup: the fp32 teacher when job.teacher is int8
+    parallel: torch.nn.Module | None = None  # train: the distiller as the loop runs it (DDP-wrapped, data parallel)
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
     ranking: dict | None = None
@@ -86,14 +91,18 @@ class Job:
 
     def result(self) -> dict:
         spec = self.spec
+        memory = {"baseline_rss_mb": self.baseline_mb, "cuda_peak_mb": cuda_peak_mb(self.device)}
+        if not self.world.main:  # rank 0 reports the job; the launcher adds this rank's memory to its row
+            return {"rank": self.world.rank, "costs": memory}
         self.extra.update(method=self.arm.method, arm_config=_recorded_loss(self.arm, self.task.is_regression),
                           layers=spec.init_layers, epochs=spec.budget["epochs"] if spec.budget else self.optim.epochs,
                           precision=self.prec.name,
                           precision_reason=self.prec.reason, device=str(self.device), from_checkpoint=not spec.train,
                           teacher_source=spec.teacher_source, views=spec.views,
-                          train_samples=self.loader.num_samples, **({"budget": spec.budget} if spec.budget else {}))
-        memory = {"baseline_rss_mb": self.baseline_mb, "cuda_peak_mb": cuda_peak_mb(self.device)}
-        return {"metrics": self.metrics, "costs": job_costs(memory=memory, **self.measured), "extra": self.extra,
+                          train_samples=self.loader.num_samples, world_size=self.world.size,
+                          **({"budget": spec.budget} if spec.budget else {}))
+        return {"metrics": self.metrics, "costs": job_costs(memory=memory, world_size=self.world.size, **self.measured),
+                "extra": self.extra,
                 "model": self.model_name, "task": self.task.name, "split": self.task.eval_split,
                 "ranking": self.ranking, "provenance": {**provenance(str(self.device), self.prec.name),
                                                          "seed": spec.seed, "started_at": self.started,
@@ -115,7 +124,10 @@ def prepare(job: Job) -> None:
     if job.cfg.threads:
         torch.set_num_threads(job.cfg.threads)
     job.baseline_mb, job.started = current_rss_mb(), now_iso()  # baseline after imports
-    job.device = resolve_device(job.cfg.device)
+    job.device = dist.device_for(job.world, resolve_device(job.cfg.device))
+    dist.join(job.world, job.device)  # the job's process group (data parallel), left when training ends
+    if not job.world.main:  # rank 0 speaks for the job; the others' lines would repeat it
+        logging.getLogger("leankd").setLevel(logging.WARNING)
     job.arm = ArmConfig.model_validate(spec.loss)
     job.prec = Precision.create(job.arm.precision or job.cfg.precision, job.device)  # the arm's, if it sets one
     reset_cuda_peak(job.device)
@@ -144,18 +156,23 @@ def build_distiller(job: Job) -> None:
     spec, arm = job.spec, job.arm
     teacher = job.teacher if spec.distil else None  # else the teacher only initialised the student's layers
     job.loader = job.task.train_loader(job.optim.batch_size, spec.seed, views=spec.views)
+    job.loader.shard(job.world.rank, job.world.size)  # this rank's share of each global batch
     pairs = []
     if arm.pairs:
         if arm.pairs == "auto":
             ranker = teacher if job.reference_teacher is None else job.reference_teacher  # fp32, never int8
-            job.ranking = load_or_rank(job.task, ranker, Path(spec.ranking_dir), job.cfg.ranking, job.prec,
-                                       job.device, experiment=job.cfg.name)
+            for turn in (True, False):  # rank 0 ranks (or reuses the stored ranking); the others then read it
+                if job.world.main == turn:
+                    job.ranking = load_or_rank(job.task, ranker, Path(spec.ranking_dir), job.cfg.ranking, job.prec,
+                                               job.device, experiment=job.cfg.name)
+                dist.barrier()
         pairs = build_pairs(arm, job.model, teacher, job.ranking["ranked"] if job.ranking else None)
     example = to_device(job.loader.example(None, 2)[0], job.device) if pairs else None
     job.distiller = Distiller(job.model, teacher, arm, job.optim.label_smoothing,
                               regression=job.task.is_regression, pairs=pairs, example=example, cached=job.cached,
                               teacher_autocast=job.teacher_autocast)
     job.reference_teacher = None
+    _shard_teacher(job)
     if job.cached is not None:
         job.teacher = None  # training reads the cache: the teacher is not kept in memory
     if pairs:
@@ -172,6 +189,21 @@ def build_distiller(job: Job) -> None:
              f"{spec.budget['by']})", job.prec.name, job.prec.reason, job.device)
 
 
+def _shard_teacher(job: Job) -> None:
+    """teacher.shard in a data parallel job: the online teacher's parameters split over the ranks (FSDP) for
+    training; the cache build, the layer ranking and the adapters' dry forward ran before, on the whole teacher."""
+    teacher = job.distiller.teacher
+    if not (job.cfg.teacher.shard and job.world.size > 1 and teacher is not None):
+        return
+    if job.teacher_precision == "int8":
+        raise ConfigError("config error: teacher.shard=true cannot shard an int8 (quantised) teacher; use "
+                          "teacher.precision=same, fp32 or bf16")
+    if job.distiller.t_taps is not None:
+        job.distiller.t_taps.truncate = False  # a forward stopped midway would leave its FSDP blocks gathered
+    dist.shard(teacher, job.device)
+    job.extra["teacher_sharded"] = f"FSDP fully_shard over {job.world.size} ranks"
+
+
 def train(job: Job) -> None:
     """Count the run's FLOPs (nothing changes), then train under the energy meter; hooks removed after."""
     try:
@@ -182,9 +214,11 @@ def train(job: Job) -> None:
         else:
             flops = count_train_flops(job.distiller, job.optimizer, job.prec, job.loader, job.epochs, job.steps)
             ckpt = job.spec.checkpoint
-            resume = Resume(ckpt["path"], ckpt["identity"], ckpt["every_s"], ckpt["every_steps"]) if ckpt else None
+            resume = Resume(ckpt["path"], ckpt["identity"], ckpt["every_s"], ckpt["every_steps"],
+                            write=job.world.main) if ckpt else None
+            job.parallel = _parallel(job)
             with EnergyMeter(job.device) as meter:
-                stats = fit(job.distiller, job.loader, job.optimizer, job.scheduler, job.prec, job.epochs,
+                stats = fit(job.parallel, job.loader, job.optimizer, job.scheduler, job.prec, job.epochs,
                             job.device, tag=job.spec.tag, resume=resume, max_growth=job.cfg.guard.max_loss_growth,
                             max_steps=job.steps)
             energy = {"joules": meter.joules, "source": meter.source}
@@ -192,6 +226,7 @@ def train(job: Job) -> None:
                 energy = {"joules": None, "source": "unavailable"}
     finally:
         job.distiller.close()  # every hook removed before evaluation, latency and saving
+    flops, stats, energy = _summed(job, flops, stats, energy)
     resumed = stats["resumed"]
     job.measured.update(train={"train_s": stats["train_s"], "teacher_s": stats["teacher_s"],
                                "lost_s": resumed["lost_s"] if resumed else 0.0, "resumed": resumed is not None},
@@ -201,8 +236,41 @@ def train(job: Job) -> None:
         job.extra["resumed"] = resumed
 
 
+def _parallel(job: Job) -> torch.nn.Module:
+    """The distiller as the loop runs it: one process, as is; data parallel, wrapped in DDP (the student and the
+    adapters: the teacher sits outside the Distiller's module tree, so it is never wrapped, broadcast or synced)."""
+    if job.world.size == 1:
+        return job.distiller
+    ids = [job.device.index] if job.device.type == "cuda" else None
+    return DistributedDataParallel(job.distiller, device_ids=ids)
+
+
+def _summed(job: Job, flops: dict, stats: dict, energy: dict) -> tuple[dict, dict, dict]:
+    """Data parallel: the work of every rank (FLOPs, joules) summed, seconds the slowest rank's (each rank's in
+    extra.ranks); then the job's process group is left (evaluation and saving run on rank 0 alone)."""
+    if job.world.size == 1:
+        return flops, stats, energy
+    summed = dist.all_reduce({**flops, "joules": energy["joules"]})
+    slowest = dist.all_reduce({"train_s": stats["train_s"], "teacher_s": stats["teacher_s"]}, op="max")
+    ranks = dist.gather({"train_s": stats["train_s"], "teacher_s": stats["teacher_s"]})
+    # DDP's reducer and a sharded teacher hold the group: freed before it is left, never after (a C++ abort)
+    job.parallel = job.teacher = job.distiller.s_taps = job.distiller.t_taps = None
+    job.distiller.__dict__["teacher"] = None
+    gc.collect()
+    dist.barrier()
+    dist.leave()
+    if job.world.main:
+        job.extra["ranks"] = {k: [r[k] for r in ranks] for k in ("train_s", "teacher_s")}
+    flops = {k: int(summed[k]) for k in flops}
+    energy = {"joules": summed["joules"], "source": energy["source"] if summed["joules"] is not None else
+              "unavailable"}
+    return flops, {**stats, **slowest}, energy
+
+
 def evaluate(job: Job) -> None:
     """Metrics of the final model on the report split (and any extra dev split), val, teacher agreement."""
+    if not job.world.main:  # data parallel: the model is the same on every rank; rank 0 evaluates, meters, saves
+        return
     spec, task, bs = job.spec, job.task, job.optim.batch_size
     logits, labels = predict(job.model, task.eval_loader(task.eval_split, bs), job.prec, job.device)
     job.metrics = task.metrics(logits, labels)
@@ -227,6 +295,8 @@ def evaluate(job: Job) -> None:
 
 def meter(job: Job) -> None:
     """Inference latency at the training batch size and at 1; parameter count and size."""
+    if not job.world.main:
+        return
     loader = job.task.eval_loader(job.task.eval_split, job.optim.batch_size)
     job.measured["latency"] = latency_figures(job.model, loader, job.optim.batch_size, job.prec, job.device,
                                               job.cfg.metering)
@@ -235,6 +305,8 @@ def meter(job: Job) -> None:
 
 def save(job: Job) -> None:
     """The model (safetensors, or a save_pretrained folder for text) with a sidecar naming its weights hash."""
+    if not job.world.main:
+        return
     spec = job.spec
     meta = {"model": job.model_name, "task": job.task.name, "arm": spec.arm, "seed": spec.seed,
             "layers": spec.init_layers, "config": job.cfg.model_dump(mode="json"), "precision": job.prec.name,

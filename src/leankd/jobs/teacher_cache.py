@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.ao.quantization import quantize_dynamic
 
+from leankd import dist
 from leankd.batching import logits_of, to_device
 from leankd.device import sync
 from leankd.distill.cache import TeacherCache
@@ -92,35 +93,70 @@ def _build_order(loader) -> np.ndarray:
     return np.argsort(lengths, kind="stable") if lengths is not None else np.arange(loader.num_samples)
 
 
+def _run_teacher(job, loader, order: np.ndarray, views: int, batch_size: int, layers, sink) -> dict:
+    """The teacher over samples `order` in every view: each output to sink(field, view, index, values);
+    returns {"seconds", "flops"} of these forwards."""
+    teacher, shapes = job.teacher, {}
+    sync(job.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode(), Taps(teacher, list(layers), summary=map_summary) as taps:
+        for view in range(views):
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                x = to_device(loader.inputs(idx, view), job.device)
+                with job.teacher_autocast():
+                    logits = logits_of(teacher, x)
+                sink("logits", view, idx, logits.float().cpu().numpy())
+                for name, feats in taps.pop().items():
+                    sink(map_field(name), view, idx, feats["summary"][:, 0].cpu().numpy())
+                shapes[_shape_of(x)] = shapes.get(_shape_of(x), 0) + len(idx)
+    sync(job.device)
+    seconds = time.perf_counter() - t0
+    flops = 0
+    for shape, n in shapes.items():  # every op is linear in the batch: count 2 samples per shape
+        x2 = to_device(loader.example(shape[0] if len(shape) == 1 else shape, 2)[0], job.device)
+        with torch.inference_mode(), job.teacher_autocast():
+            flops += n * count_flops(lambda: logits_of(teacher, x2)) // 2
+    return {"seconds": seconds, "flops": flops}
+
+
+def _describe(writer, job, cost: dict, samples: int, views: int, batch_size: int) -> None:
+    writer.info.update(**cost, experiment=job.cfg.name, samples=samples, views=views, batch_size=batch_size,
+                       precision=job.teacher_precision, device=str(job.device),
+                       world_size=getattr(job, "world", dist.World()).size,
+                       flops_note="teacher forwards; the attention maps' channel means are not counted")
+    log.info("teacher cache: %d samples x %d view(s) in %.1f s, %.3g FLOP", samples, views, cost["seconds"],
+             cost["flops"])
+
+
 def _fill(job, loader, views: int, batch_size: int, layers=()):
-    """The build: logits, and the attention maps of `layers` (captured by hooks), for every sample and view."""
+    """The build in one process: logits, and the attention maps of `layers` (captured by hooks), for every sample
+    and view, written as they come."""
     def fill(writer) -> None:
-        teacher, order, shapes = job.teacher, _build_order(loader), {}
-        sync(job.device)
-        t0 = time.perf_counter()
-        with torch.inference_mode(), Taps(teacher, list(layers), summary=map_summary) as taps:
-            for view in range(views):
-                for start in range(0, len(order), batch_size):
-                    idx = order[start:start + batch_size]
-                    x = to_device(loader.inputs(idx, view), job.device)
-                    with job.teacher_autocast():
-                        logits = logits_of(teacher, x)
-                    writer.write("logits", view, idx, logits.float().cpu().numpy())
-                    for name, feats in taps.pop().items():
-                        writer.write(map_field(name), view, idx, feats["summary"][:, 0].cpu().numpy())
-                    shapes[_shape_of(x)] = shapes.get(_shape_of(x), 0) + len(idx)
-        sync(job.device)
-        seconds = time.perf_counter() - t0
-        flops = 0
-        for shape, n in shapes.items():  # every op is linear in the batch: count 2 samples per shape
-            x2 = to_device(loader.example(shape[0] if len(shape) == 1 else shape, 2)[0], job.device)
-            with torch.inference_mode(), job.teacher_autocast():
-                flops += n * count_flops(lambda: logits_of(teacher, x2)) // 2
-        writer.info.update(seconds=seconds, flops=flops, experiment=job.cfg.name, samples=len(order), views=views,
-                           batch_size=batch_size, precision=job.teacher_precision, device=str(job.device),
-                           flops_note="teacher forwards; the attention maps' channel means are not counted")
-        log.info("teacher cache: %d samples x %d view(s) in %.1f s, %.3g FLOP", len(order), views, seconds, flops)
+        cost = _run_teacher(job, loader, _build_order(loader), views, batch_size, layers, writer.write)
+        _describe(writer, job, cost, loader.num_samples, views, batch_size)
     return fill
+
+
+def _build_sharded(job, cache: TeacherCache, loader, fields: dict, views: int, batch_size: int, layers) -> None:
+    """The build split over the ranks of a data parallel job: each runs the teacher on its shard of the samples
+    (every world-th in build order), rank 0 gathers the outputs and writes the cache; the others wait for it.
+    Seconds are the slowest rank's (wall clock of the build), FLOPs the sum over ranks."""
+    world = job.world
+    parts: list = []
+    t0 = time.perf_counter()
+    cost = _run_teacher(job, loader, _build_order(loader)[world.rank::world.size], views, batch_size, layers,
+                        lambda *part: parts.append(part))
+    gathered = dist.gather(parts)
+    cost = {"seconds": dist.all_reduce({"s": time.perf_counter() - t0}, op="max")["s"],
+            "flops": int(dist.all_reduce({"f": cost["flops"]})["f"])}
+    if world.main:
+        def fill(writer) -> None:
+            for part in (p for rank_parts in gathered for p in rank_parts):
+                writer.write(*part)
+            _describe(writer, job, cost, loader.num_samples, views, batch_size)
+        cache.build(loader.num_samples, views, fields, fill)
+    dist.barrier()  # the cache is complete before any rank reads it
 
 
 def teacher_cache(job) -> None:
@@ -130,16 +166,21 @@ def teacher_cache(job) -> None:
     if spec.cache is None:
         return
     cache = TeacherCache(spec.cache["root"], spec.cache["key"])
-    try:
-        reader = cache.reader()  # validates (hashes every shard) once
+    try:  # validates (hashes every shard) once; data parallel: every rank decides as rank 0 found it
+        if job.world.size > 1 and not dist.broadcast(cache.is_valid() if job.world.main else None):
+            raise CheckpointError("absent or damaged")
+        reader = cache.reader()
     except CheckpointError:  # absent or damaged: build it (under a lock; another process may finish it first)
         loader = job.task.train_loader(job.optim.batch_size, spec.seed, views=spec.views)
         job.teacher.eval()
         dtype, maps = spec.cache["dtype"], spec.cache.get("maps", {})
         fields = {"logits": ((job.task.num_outputs,), dtype),
                   **{map_field(n): (tuple(shape), dtype) for n, shape in maps.items()}}
-        cache.build(loader.num_samples, spec.views, fields, _fill(job, loader, spec.views, spec.cache["batch_size"],
-                                                                  list(maps)))
+        if job.world.size > 1:
+            _build_sharded(job, cache, loader, fields, spec.views, spec.cache["batch_size"], list(maps))
+        else:
+            cache.build(loader.num_samples, spec.views, fields, _fill(job, loader, spec.views,
+                                                                      spec.cache["batch_size"], list(maps)))
         reader = cache.reader()
     job.cached = CachedTeacher(reader, job.device)
     info = reader.manifest.get("info", {})

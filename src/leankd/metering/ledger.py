@@ -25,9 +25,12 @@ ENERGY_SOURCES = ("nvml", "rapl", "unavailable")  # what leankd.metering.energy.
 TIMER = "wall clock, device synchronised at start and end of the step loop"
 
 
-def job_costs(train: dict, flops: dict, latency: dict, energy: dict, model_facts: dict, memory: dict) -> dict:
-    """What a job measured, as plain numbers (sent from the child job to the parent)."""
-    return {"train_s": train["train_s"], "teacher_s": train["teacher_s"], "lost_s": train["lost_s"],
+def job_costs(train: dict, flops: dict, latency: dict, energy: dict, model_facts: dict, memory: dict,
+              world_size: int = 1) -> dict:
+    """What a job measured, as plain numbers (sent from the child job to the parent). `world_size` > 1: data
+    parallel, FLOPs and joules already summed over the ranks and train_s the slowest rank's."""
+    return {"world_size": world_size, "train_s": train["train_s"], "teacher_s": train["teacher_s"],
+            "lost_s": train["lost_s"],
             "resumed": train["resumed"], "train_flops": flops["train_flops"],
             "teacher_flops": flops["teacher_flops"], **latency, "energy_j": energy["joules"],
             "energy_source": energy["source"], **model_facts, **memory}
@@ -46,7 +49,14 @@ def shared_cost(what: str, cost: dict | None, experiment: str, users: int) -> tu
 
 
 def peak_memory(costs: dict, child_peak_rss_mb: float | None) -> tuple[float | None, str]:
-    """CUDA: the allocator's peak; CPU: the child process's peak RSS less its baseline after imports."""
+    """CUDA: the allocator's peak; CPU: the child process's peak RSS less its baseline after imports. Data parallel
+    (`costs["rank_peaks_mb"]`, each rank's figure): the largest rank's, i.e. what one device needs."""
+    ranks = costs.get("rank_peaks_mb")
+    if ranks:
+        known = [p for p in ranks if p is not None]
+        source = peak_memory({**costs, "rank_peaks_mb": None}, child_peak_rss_mb)[1]
+        return (max(known) if len(known) == len(ranks) else None,
+                f"{source}; the largest of {len(ranks)} data parallel processes (each in extra.rank_peaks_mb)")
     if costs.get("cuda_peak_mb") is not None:
         return costs["cuda_peak_mb"], PEAK_CUDA
     if child_peak_rss_mb is None:
@@ -68,18 +78,21 @@ def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[fl
               "energy_j": costs["energy_j"], "energy_source": costs["energy_source"]}
     ledger.update({k: costs[k] for k in ("infer_batch_size", "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1",
                                          "infer_ms_p90_b1", "params", "size_mb")})
+    ranks = costs.get("world_size", 1)
+    on_ranks = f"; summed over {ranks} data parallel processes" if ranks > 1 else ""
     ledger["sources"] = {
         "train_s": TIMER + " (evaluation, FLOP counting and saving excluded)" + (
             "; summed over the runs that made this model (it resumed from a checkpoint)" if costs.get("resumed")
-            else ""),
+            else "") + (f"; the slowest of {ranks} data parallel processes" if ranks > 1 else ""),
         "lost_s": "training redone after a crash (progress reached minus the checkpoint resumed from); not in "
                   "total_s",
-        "teacher_s": "teacher forwards inside train_s (device timer)" if costs["teacher_s"] else
+        "teacher_s": "teacher forwards inside train_s (device timer)" + (
+            f"; the largest of {ranks} data parallel processes" if ranks > 1 else "") if costs["teacher_s"] else
         "the teacher cache's share" if cache_s else "no teacher forwards",
         "cache_share_s": cache_rule, "cache_share_flops": cache_rule, "ranking_share_s": ranking_rule,
         "total_s": "train_s + cache_share_s + ranking_share_s", "total_flops": "train_flops + cache_share_flops",
-        "train_flops": "torch FlopCounterMode on one real step per input shape, scaled by samples",
+        "train_flops": "torch FlopCounterMode on one real step per input shape, scaled by samples" + on_ranks,
         "infer_ms": "p50/p90 of timed batches after warm-up, eval mode, device synchronised",
-        "peak_mem_mb": peak_source, "energy_j": costs["energy_source"],
+        "peak_mem_mb": peak_source, "energy_j": costs["energy_source"] + (on_ranks if costs["energy_j"] else ""),
         "size_mb": "parameter + buffer bytes at the saved dtypes"}
     return ledger
