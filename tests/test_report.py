@@ -90,6 +90,17 @@ def test_summary_statistics_by_hand():
     assert teacher["total_s_vs_plain"] is None and teacher["train_flops_vs_plain"] is None
 
 
+def test_summary_keeps_each_seeds_value_for_pairing():
+    rows = _rows() + [_row(6, "kd", 1, 0.70, 16.0, 2.0, 1.5e12, metrics={"accuracy": 0.70, "agreement": None})]
+    teacher, plain, kd = summarise(rows)
+    assert plain["per_seed"] == {"accuracy": {0: 0.80, 1: 0.82}, "macro_f1": {0: pytest.approx(0.79),
+                                                                             1: pytest.approx(0.81)}}
+    assert teacher["per_seed"]["accuracy"] == {0: 0.93}
+    # the re-run of seed 1 (row 6) replaces the first, as in the stats; a None value is left out
+    assert kd["per_seed"] == {"accuracy": {0: 0.84, 1: 0.70}, "agreement": {0: 0.90}}
+    assert kd["metrics"]["accuracy"]["mean"] == pytest.approx((0.84 + 0.70) / 2)
+
+
 def test_summary_without_plain_rerun_seed_counts_once_and_rows_without_ids():
     rows = [dict(r, id=None) for r in _rows() if r["arm"] == "kd"]  # no ids: list order is insertion order
     rows.append(_row(None, "kd", 1, 0.70, 16.0, 2.0, 1.5e12))  # re-run of seed 1 replaces the first

@@ -9,12 +9,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from leankd.metering.ledger import PEAK_CHILD
-from leankd.report.headline import NOT_SIGNIFICANT, ONE_SEED, SIGNIFICANT, headline, pareto_front, significance
+from leankd.report.headline import (
+    BETTER,
+    LEGEND,
+    NOT_APPLICABLE,
+    NOT_SIGNIFICANT,
+    TEST_COLUMN,
+    WORSE,
+    columns,
+    headline,
+    pareto_front,
+    significance,
+)
+from leankd.report.page import CSS, headline_html
 from leankd.report.table import summarise, write_report
 from leankd.results.store import ResultsStore
 
@@ -71,15 +87,66 @@ def write_ranking(out: Path) -> Path:
 
 # ---- headline numbers, no browser ----------------------------------------------------------------
 
-def test_significance_rule():
-    a, b = {"mean": 64.2, "std": 0.3, "n": 3}, {"mean": 62.2, "std": 0.4, "n": 3}
-    delta, spread, mark = significance(a, b)
-    assert delta == pytest.approx(2.0) and spread == pytest.approx(0.5) and mark == SIGNIFICANT
-    assert significance({**a, "mean": 62.6}, b)[2] == NOT_SIGNIFICANT        # 0.4 <= 0.5
-    assert significance({**a, "mean": 62.7}, b)[2] == NOT_SIGNIFICANT        # exactly the spread: not larger
-    assert significance({**a, "mean": 61.6}, b)[2] == SIGNIFICANT            # a loss beyond the spread counts too
-    assert significance({**a, "n": 1, "std": 0.0}, b) == (pytest.approx(2.0), None, ONE_SEED)
-    assert significance(a, None) == (None, None, None)
+def _seeds(values: list[float], first: int = 0) -> dict[int, float]:
+    return dict(enumerate(values, start=first))
+
+
+def test_paired_test_against_scipy():
+    """delta, CI and p are the paired t-test's over 5 seeds, computed here with scipy directly."""
+    plain, arm = [62.1, 62.6, 61.9, 63.0, 62.4], [63.0, 63.1, 62.8, 63.9, 62.9]
+    t = significance(_seeds(arm), _seeds(plain))
+    diffs = np.subtract(arm, plain)
+    half = stats.t.ppf(0.975, 4) * diffs.std(ddof=1) / math.sqrt(5)
+    assert t["n"] == 5 and t["delta"] == pytest.approx(diffs.mean())
+    assert (t["ci_low"], t["ci_high"]) == (pytest.approx(diffs.mean() - half), pytest.approx(diffs.mean() + half))
+    assert t["p"] == pytest.approx(stats.ttest_rel(arm, plain).pvalue)
+    assert abs(t["p"] - 0.0016468) < 1e-4  # computed once with scipy 1.17: t = 7.55, df = 4
+    assert (t["ci_low"], t["ci_high"]) == (pytest.approx(0.4680, abs=1e-4), pytest.approx(1.0120, abs=1e-4))
+    assert t["direction"] == BETTER and t["mark"] == "better (p=0.002, n=5)"
+    back = significance(_seeds(plain), _seeds(arm))  # the same comparison the other way round: a loss
+    assert back["direction"] == WORSE and back["mark"] == "worse (p=0.002, n=5)"
+    assert back["p"] == pytest.approx(t["p"]) and back["delta"] == pytest.approx(-t["delta"])
+
+
+def test_old_spread_rule_false_positive_is_not_significant():
+    """|delta| beyond sqrt(sd_a^2 + sd_b^2) (the old rule's "significant") but a paired p of 0.16 with 3 seeds."""
+    plain, arm = [44.0, 45.0, 46.0], [46.3, 46.2, 46.3]
+    t = significance(_seeds(arm), _seeds(plain))
+    assert abs(t["delta"]) > math.hypot(statistics.stdev(arm), statistics.stdev(plain))
+    assert t["p"] == pytest.approx(stats.ttest_rel(arm, plain).pvalue) and 0.15 < t["p"] < 0.2
+    assert t["direction"] == NOT_SIGNIFICANT and t["mark"] == "n.s. (p=0.16, n=3)"
+
+
+def test_fewer_than_three_paired_seeds_is_never_significant():
+    two = significance({0: 70.0, 1: 70.1}, {0: 60.0, 1: 60.0})  # +10 points, but two seeds
+    assert two["n"] == 2 and two["p"] < 0.05 and two["direction"] == NOT_APPLICABLE
+    assert two["mark"] == "n/a (n=2: needs 3 seeds)"
+    one = significance({0: 70.0}, {0: 60.0})
+    assert (one["n"], one["delta"], one["p"], one["ci_low"], one["mark"]) == (1, 10.0, None, None, "n/a (1 seed)")
+    assert significance({0: 1.0}, None) is None and significance({}, {0: 1.0}) is None
+
+
+def test_only_seeds_in_both_arms_are_paired():
+    arm = {0: 63.0, 1: 63.1, 2: 62.8, 7: 10.0}        # seed 7 has no plain run: left out, not paired with seed 3
+    plain = {0: 62.1, 1: 62.6, 2: 61.9, 3: 99.0, None: 0.0}
+    t = significance(arm, plain)
+    assert t["n"] == 3 and t["delta"] == pytest.approx(((63.0 - 62.1) + (63.1 - 62.6) + (62.8 - 61.9)) / 3)
+    assert t["p"] == pytest.approx(stats.ttest_rel([63.0, 63.1, 62.8], [62.1, 62.6, 61.9]).pvalue)
+    assert significance({5: 1.0, 6: 2.0}, {0: 1.0, 1: 2.0})["mark"] == "n/a (no seed in both arms)"
+
+
+def test_identical_or_constant_differences_give_no_nan():
+    same = significance(_seeds([48.5, 49.0, 47.9]), _seeds([48.5, 49.0, 47.9]))  # cached kd == online kd
+    assert (same["delta"], same["p"], same["ci_low"], same["ci_high"]) == (0.0, 1.0, 0.0, 0.0)
+    assert same["direction"] == NOT_SIGNIFICANT and same["mark"] == "n.s. (identical, n=3)"
+    shifted = significance(_seeds([50.0, 51.0, 52.0]), _seeds([48.0, 49.0, 50.0]))  # exactly +2 on every seed
+    assert shifted["p"] == 0.0 and shifted["direction"] == BETTER and shifted["mark"] == "better (p<0.001, n=3)"
+    # +2 points on every seed, up to float rounding (fractions scaled to points): sd 7e-15, counted as constant
+    noisy = significance(_seeds([100 * v for v in (0.63, 0.64, 0.65, 0.57)]),
+                         _seeds([100 * v for v in (0.61, 0.62, 0.63, 0.55)]))
+    assert noisy["p"] == 0.0 and noisy["ci_low"] == noisy["ci_high"] == pytest.approx(2.0)
+    for t in (same, shifted, noisy):
+        assert all(math.isfinite(t[k]) for k in ("delta", "ci_low", "ci_high", "p"))
 
 
 def test_headline_lines_by_hand():
@@ -89,18 +156,24 @@ def test_headline_lines_by_hand():
     by_arm = {ln["arm"]: ln for ln in head["lines"]}
     assert list(by_arm) == ["teacher", "plain", "kd", "auto", "plain_matched"]
     plain, kd, auto = (by_arm[a] for a in ("plain", "kd", "auto"))
-    assert plain["quality"]["mean"] == pytest.approx(62.2) and plain["delta"] is None
-    assert kd["delta"] == pytest.approx(64.2 - 62.2)
-    assert kd["spread"] == pytest.approx(math.hypot(kd["quality"]["std"], plain["quality"]["std"]))
-    assert kd["mark"] == SIGNIFICANT and auto["mark"] == NOT_SIGNIFICANT
-    assert by_arm["teacher"]["mark"] == ONE_SEED
+    assert plain["quality"]["mean"] == pytest.approx(62.2) and plain["delta"] is None and plain["mark"] is None
+    kd_acc, plain_acc = (np.array(ARMS[a][0]) * 100 for a in ("kd", "plain"))
+    assert kd["delta"] == pytest.approx(64.2 - 62.2) and kd["n_paired"] == 3
+    assert kd["p"] == pytest.approx(stats.ttest_rel(kd_acc, plain_acc).pvalue)
+    assert kd["direction"] == BETTER and auto["direction"] == NOT_SIGNIFICANT
+    assert kd["mark"] == f"better (p={kd['p']:.3f}, n=3)"
+    assert by_arm["teacher"]["mark"] == "n/a (teacher)" and by_arm["teacher"]["p"] is None
     assert kd["total_s_x"] == pytest.approx((92.0 + 3.5) / 95.0) and kd["flops_x"] == pytest.approx(7.80 / 7.41)
     assert kd["peak_mem_mb"]["mean"] == pytest.approx(380.0) and kd["infer_ms_p50"]["mean"] == pytest.approx(31.0)
     assert by_arm["plain_matched"]["label"] == "plain_matched (plain at kd's FLOPs)"
     (cmp,) = head["comparisons"]
     assert (cmp["target"], cmp["matched"]) == ("kd", "plain_matched")
-    assert cmp["delta"] == pytest.approx(64.2 - 63.03333, abs=1e-4) and cmp["mark"] == SIGNIFICANT
-    assert cmp["text"].startswith("kd vs plain at kd's FLOPs: +1.17 points (significant)")
+    matched_acc = np.array(ARMS["plain_matched"][0]) * 100
+    assert cmp["delta"] == pytest.approx(64.2 - 63.03333, abs=1e-4) and cmp["n"] == 3
+    assert cmp["p"] == pytest.approx(stats.ttest_rel(kd_acc, matched_acc).pvalue)  # 0.067: not significant
+    assert cmp["direction"] == NOT_SIGNIFICANT
+    assert cmp["text"].startswith(f"kd vs plain at kd's FLOPs: +1.17 points, 95% CI [{cmp['ci_low']:+.2f}, "
+                                  f"{cmp['ci_high']:+.2f}]: n.s. (p=0.067, n=3)")
 
 
 def test_rows_without_budget_and_one_seed():
@@ -108,7 +181,7 @@ def test_rows_without_budget_and_one_seed():
     head = headline(summarise(rows))
     assert head["comparisons"] == []
     assert {ln["arm"]: ln["mark"] for ln in head["lines"]} == {
-        "teacher": ONE_SEED, "plain": None, "kd": ONE_SEED, "auto": ONE_SEED}
+        "teacher": "n/a (teacher)", "plain": None, "kd": "n/a (1 seed)", "auto": "n/a (1 seed)"}
 
 
 def test_pareto_front():
@@ -122,9 +195,33 @@ def test_markdown_has_headline_above_full_ledger(tmp_path: Path):
     text = write_report(synthetic_rows(), tmp_path)
     head, ledger = text.index("**Headline**"), text.index("**Full ledger**")
     assert head < ledger < text.index("| arm | n | teacher layers")
-    assert "| kd | 3 | 64.20 ± 0.30 | +2.00 | significant (spread 0.47) |" in text
-    assert "- kd vs plain at kd's FLOPs: +1.17 points (significant)" in text
+    header = next(ln for ln in text.splitlines() if ln.startswith("| arm | n | accuracy (%)"))
+    assert header == ("| arm | n | accuracy (%) | Δ vs plain (points) | 95% CI | p (paired, n) | total_s ×plain | "
+                      "FLOPs ×plain | peak mem (MiB) | infer ms p50 @bs=128 |")
+    assert "| kd | 3 | 64.20 ± 0.30 | +2.00 | [+0.37, +3.63] | better (p=0.034, n=3) |" in text
+    assert "| auto | 3 | 62.30 ± 0.46 | +0.10 | [-1.93, +2.13] | n.s. (p=0.85, n=3) |" in text
+    assert "- kd vs plain at kd's FLOPs: +1.17 points, 95% CI [-0.20, +2.53]: n.s. (p=0.067, n=3)" in text
+    assert "paired t-test" in text and "p < 0.05 with n ≥ 3" in text  # the legend
+    assert "nan" not in text[head:ledger]
     assert (tmp_path / "report.html").is_file()
+
+
+def test_page_colours_a_loss_red_never_green():
+    """A distilled arm that is worse on every seed is marked "worse" and drawn red; only a gain is green."""
+    rows = [r for r in synthetic_rows() if r["arm"] in ("plain", "kd", "auto")]
+    rows = [dict(r, metrics={**r["metrics"], "accuracy": r["metrics"]["accuracy"] - 0.03}) if r["arm"] == "auto"
+            else r for r in rows]  # auto: about 3 points below plain on each seed
+    head = headline(summarise(rows))
+    by_arm = {ln["arm"]: ln for ln in head["lines"]}
+    assert by_arm["auto"]["direction"] == WORSE and by_arm["auto"]["mark"].startswith("worse (p=")
+    assert by_arm["kd"]["direction"] == BETTER
+    page = headline_html(head)
+    test_col = [name for name, _ in columns(head)].index(TEST_COLUMN)
+    cells = [re.findall(r'<td(?: class="([^"]*)")?>(.*?)</td>', row) for row in page.split("<tr")[2:]]
+    classes = {row[0][1]: row[test_col][0] for row in cells}  # arm -> the test cell's class
+    assert classes == {"plain": "num", "kd": "better", "auto": "worse"}  # plain's cell is "—"
+    assert ".worse { color: #c0392b" in CSS and ".better { color: #1b7f3b" in CSS
+    assert "paired t-test" in LEGEND
 
 
 # ---- the page in a browser -----------------------------------------------------------------------
@@ -167,7 +264,10 @@ def test_page_in_chromium(page_file: Path):
         assert table.count() == 1 and table.is_visible()
         assert table.locator("tbody tr").count() == 5
         assert "plain_matched (plain at kd's FLOPs)" in table.inner_text()
-        assert "kd vs plain at kd's FLOPs: +1.17 points (significant)" in page.locator("ul.compare").inner_text()
+        compare = page.locator("ul.compare li")
+        assert "kd vs plain at kd's FLOPs: +1.17 points, 95% CI" in compare.inner_text()
+        assert compare.get_attribute("class") == "ns"  # p = 0.067: not green
+        assert table.locator("td.better").count() == 2 and table.locator("td.worse").count() == 0
 
         figures = page.locator("figure.plot")
         titles = [figures.nth(i).locator("figcaption b").inner_text() for i in range(figures.count())]

@@ -150,7 +150,7 @@ def test_version_1_file_gains_the_new_columns(tmp_path: Path):
     assert (new["ranking_share_s"], new["sources"]) == (0.5, {"train_s": TIMER})
     with sqlite3.connect(path) as conn:
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert version == str(store_mod.SCHEMA_VERSION) == "4"
+    assert version == str(store_mod.SCHEMA_VERSION) == "5"
     conn.close()
     ResultsStore(path)  # reopening the migrated file is fine
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from leankd.errors import EXIT_FAILED, EXIT_USER, CheckpointError, ConfigError, JobFailed, UserError
@@ -180,8 +181,6 @@ def cmd_layers(args) -> int:
 
 
 def _rank(args) -> int:
-    import time
-
     from leankd.config import load_config
     from leankd.device import resolve_device
     from leankd.distill.importance import format_ranking
@@ -189,6 +188,7 @@ def _rank(args) -> int:
     from leankd.distill.taps import candidate_layers
     from leankd.experiment import obtain_teacher
     from leankd.experiment.teachers import model_path, teacher_dir
+    from leankd.metering.flops import forward_flops
     from leankd.precision import Precision
     from leankd.tasks import build_task
 
@@ -205,7 +205,7 @@ def _rank(args) -> int:
     if args.recompute:
         ranking_path(tdir, cfg.ranking).unlink(missing_ok=True)
     result = load_or_rank(task, teacher, tdir, cfg.ranking, Precision.create(cfg.precision, device), device,
-                          experiment=cfg.name)
+                          experiment=cfg.name, flops_of=forward_flops(teacher))
     print(f"teacher {cfg.teacher.model} ({tdir}): {len(result['ranked'])} layers ranked by {result['by']} "
           f"on {result['samples']} training samples")
     print(format_ranking(result["ranked"], result["by"]))

@@ -81,3 +81,10 @@ class Precision:
             self.scaler.update()
         else:
             optimizer.step()
+
+
+def teacher_precision(setting: str, experiment: str, device: torch.device) -> str:
+    """The precision the teacher runs at when distilling: `teacher.precision`, or for `same` the experiment's as
+    this device resolves it; never an arm's own (`arms.<name>.precision` sets the student's), so every arm of an
+    experiment, cached or online, distils from the same teacher outputs."""
+    return setting if setting != "same" else resolve(experiment, device)[0]

@@ -157,8 +157,8 @@ class CacheConfig(_Strict):
     views: int | None = Field(None, gt=0, description="augmentation views cached per sample (default: train.epochs; "
                               "text: 1)")
     seed: int = Field(0, description="the augmentation seed of the views (every arm's inputs depend on it)")
-    dtype: Literal["float32", "float16"] = Field("float32", description="stored logits dtype (float32: exactly "
-                                                  "what the online teacher gives)")
+    dtype: Literal["float32", "float16"] = Field("float32", description="stored logits dtype (float32: as the "
+                                                  "teacher gave them; float16 rounds them)")
     batch_size: int | None = Field(None, gt=0, description="teacher batch for the build (default: 4x train for "
                                    "images, 1x for text: less padding)")
     max_gb: float = Field(4.0, gt=0, description="disk budget of the cache (GB): arms join it in config order; one "

@@ -195,6 +195,12 @@ class CacheWriter:
     def close(self) -> None:
         self._maps.close()
 
+    def reader(self) -> "CacheReader":
+        """A reader of what has been written so far (flushed first), e.g. to check it before the manifest seals
+        it; the writer can go on writing."""
+        self.close()
+        return CacheReader(self.folder, self.layout.to_json())
+
     def finish(self) -> dict[str, dict]:
         """Close the maps, check every sample was written, fsync and hash the shards: {file: {sha256, bytes}}."""
         self.close()

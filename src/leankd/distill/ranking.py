@@ -4,8 +4,9 @@ teacher, reused by every `pairs: auto` arm and by `leankd layers --rank`.
     result = load_or_rank(task, teacher, teacher_dir, cfg.ranking, precision, device, experiment=cfg.name)
     result["ranked"][0]   # {"rank": 1, "index": 4, "name": "layer2.1", "ablation": ..., "influence": ..., "probe": ...}
 
-Stored as `<teacher dir>/ranking-<hash of the ranking settings>.json` with its own cost (`seconds`) and the
-experiment it was made for (whose `auto` arms share that cost; later experiments reuse it for free).
+Stored as `<teacher dir>/ranking-<hash of the ranking settings>.json` with its own cost (`seconds`, and `flops`
+when counted) and the experiment it was made for (whose `auto` rows that read it share that cost; later
+experiments reuse it for free).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -28,8 +30,11 @@ def ranking_path(tdir: Path, rcfg) -> Path:
     return Path(tdir) / f"ranking-{config_hash(rcfg.model_dump(mode='json'))}.json"
 
 
-def rank_teacher(task, teacher: torch.nn.Module, rcfg, precision, device: torch.device) -> dict:
-    """Score every candidate layer of `teacher` on `rcfg.samples` training samples; nothing is stored."""
+def rank_teacher(task, teacher: torch.nn.Module, rcfg, precision, device: torch.device,
+                 flops_of: Callable | None = None) -> dict:
+    """Score every candidate layer of `teacher` on `rcfg.samples` training samples; nothing is stored.
+    `flops_of(x)`: FLOPs of one teacher forward on batch x (counted after the timed ranking: the ranking runs
+    1 + len(layers) full forwards per batch, an ablated layer still computing before it is replaced)."""
     t0 = time.perf_counter()
     names = candidate_layers(teacher)
     loader = task.calibration_loader(rcfg.samples, rcfg.batch_size, rcfg.seed)
@@ -41,12 +46,14 @@ def rank_teacher(task, teacher: torch.nn.Module, rcfg, precision, device: torch.
     scores = importance.layer_scores(teacher, names, batches, task_loss, autocast=precision.autocast)
     for i, s in enumerate(scores):
         s["index"] = i
+    seconds = time.perf_counter() - t0
+    flops = (1 + len(names)) * sum(flops_of(x) for x, _ in batches) if flops_of else None
     return {"by": rcfg.by, "samples": loader.num_samples, "seed": rcfg.seed, "precision": precision.name,
-            "ranked": importance.rank(scores, rcfg.by), "seconds": time.perf_counter() - t0}
+            "ranked": importance.rank(scores, rcfg.by), "seconds": seconds, "flops": flops}
 
 
 def load_or_rank(task, teacher: torch.nn.Module, tdir: Path, rcfg, precision, device: torch.device,
-                 experiment: str | None = None) -> dict:
+                 experiment: str | None = None, flops_of: Callable | None = None) -> dict:
     """The stored ranking for these settings, or a new one made for `experiment` (then stored). `reused`
     says which; `experiment` in the result names the experiment it was made for."""
     path = ranking_path(tdir, rcfg)
@@ -54,7 +61,7 @@ def load_or_rank(task, teacher: torch.nn.Module, tdir: Path, rcfg, precision, de
         result = json.loads(path.read_text())
         log.info("reusing the stored layer ranking %s (cost %.1f s when made)", path, result["seconds"])
         return {**result, "path": str(path), "reused": True}
-    result = {**rank_teacher(task, teacher, rcfg, precision, device), "experiment": experiment}
+    result = {**rank_teacher(task, teacher, rcfg, precision, device, flops_of), "experiment": experiment}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))

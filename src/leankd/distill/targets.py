@@ -7,10 +7,11 @@ feature losses.
     logits, feats = cached(key, layers=["layer1.2"])                    # feats {"layer1.2": {"map": (B, 1, H, W)}}
 
 Bounded targets: attention-transfer maps (the channel mean of f^2 at the teacher's resolution, H x W floats per
-sample and layer) are exactly the tensor the online loss computes from the teacher's feature map, so a cached arm
-trains like an online one. Losses that compare whole feature maps or token states (hint_mse, hint_cosine,
-attention_relation) would store C x H x W or L x D floats per sample and layer: they are not cached, and their
-arms run the teacher online.
+sample and layer) are the tensor the online loss computes from the teacher's feature map (by the same function, on
+the build's batches: bit for bit in fp32 on images, within the difference the build measures for the logits
+elsewhere), so a cached arm trains like an online one. Losses that compare whole feature maps or token states
+(hint_mse, hint_cosine, attention_relation) would store C x H x W or L x D floats per sample and layer: they are not
+cached, and their arms run the teacher online.
 """
 from __future__ import annotations
 

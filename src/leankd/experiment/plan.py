@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leankd.config import ArmConfig, config_hash
+from leankd.config import ArmConfig
 from leankd.device import resolve_device
 from leankd.distill.cache import TeacherCache
 from leankd.distill.selection import init_layer_indices, layer_map, preset_layers
 from leankd.distill.taps import candidate_layers, qkv_modules
 from leankd.distill.targets import MAP_PREFIX, arm_fields, field_bytes, map_field, map_shapes, uncached_losses
 from leankd.errors import ModelError
-from leankd.experiment import teachers
+from leankd.experiment import identity, teachers
 from leankd.jobs.spec import JobSpec
-from leankd.precision import resolve
+from leankd.precision import resolve, teacher_precision
 from leankd.tasks import data_identity
 
 
@@ -106,21 +107,37 @@ class Plan:
         return JobSpec(config=self.cfg.model_dump(mode="json"), data_dir=str(self.data_dir),
                        out_dir=str(self.out_dir.resolve()), teacher_key=self.key, **kw)
 
-    def views(self, epochs: int) -> int:
-        """Augmentation views of the training data: one per epoch (or cache.views); text or no augmentation: 1."""
-        if self.cfg.data.dataset == "glue" or not self.cfg.data.augment:
+    def views(self, arm: str | None = None, budget: dict | None = None) -> int:
+        """Augmentation views of an arm's training data (text or no augmentation: 1). An arm that reads the teacher
+        cache gets the cache's (cache.views, default train.epochs): past them its epochs reuse views, and its row
+        says so. Any other arm (and the teacher) draws a fresh view every epoch it runs: as many views as its
+        epochs (a budget-matched arm's, rounded up), so training longer never repeats a crop or flip."""
+        cfg = self.cfg
+        if cfg.data.dataset == "glue" or not cfg.data.augment:
             return 1
-        return self.cfg.cache.views or epochs
+        if arm is None:
+            return cfg.teacher.train.epochs
+        if self.teacher_source(arm)[0]:
+            return self.cache_views()
+        return max(1, math.ceil(budget["epochs"] - 1e-9)) if budget else cfg.train.epochs
+
+    def cache_views(self) -> int:
+        """Views the teacher cache holds: cache.views (default train.epochs); text or no augmentation: 1."""
+        cfg = self.cfg
+        return 1 if cfg.data.dataset == "glue" or not cfg.data.augment else cfg.cache.views or cfg.train.epochs
+
+    def teacher_precision(self) -> str:
+        """The precision the teacher runs at when distilling (cache build and online alike)."""
+        return teacher_precision(self.cfg.teacher.precision, self.cfg.precision, resolve_device(self.cfg.device))
 
     def cache_key(self) -> dict:
         """Everything the cached teacher outputs depend on (the precision as this machine resolves it)."""
         cfg = self.cfg
         return {"teacher": self.key, "weights": teachers.teacher_weights(self.out_dir, self.key),
                 "data": self.data_files, "data_settings": cfg.data.model_dump(mode="json"),
-                "views": self.views(cfg.train.epochs), "aug_seed": cfg.cache.seed,
+                "views": self.cache_views(), "aug_seed": cfg.cache.seed,
                 "targets": ["logits", *sorted(map_field(n) for n in self.cache_layout[1])],
-                "precision": cfg.teacher.precision if cfg.teacher.precision != "same"
-                else resolve(cfg.precision, resolve_device(cfg.device))[0], "dtype": cfg.cache.dtype}
+                "precision": self.teacher_precision(), "dtype": cfg.cache.dtype}
 
     def cache_users(self) -> list[str]:
         """The arms whose jobs read the teacher from the cache (`teacher_source` says why for each)."""
@@ -131,7 +148,7 @@ class Plan:
         """(arm -> why it runs the teacher online, "" when its targets are in the cache; the cache's attention
         maps, layer -> per-sample shape). Arms join in config order while the cache stays within cache.max_gb."""
         cfg, why, maps = self.cfg, {}, {}
-        views, itemsize = self.views(cfg.train.epochs), 2 if cfg.cache.dtype == "float16" else 4
+        views, itemsize = self.cache_views(), 2 if cfg.cache.dtype == "float16" else 4
         for arm, want in self.arm_fields.items():
             if isinstance(want, str) or (cfg.arms[arm].cache or cfg.cache.mode) == "off":
                 why[arm] = want if isinstance(want, str) else "online: cache mode off"
@@ -154,14 +171,20 @@ class Plan:
         out = self.cache_layout[0][arm]
         if out:
             return False, out
-        if (acfg.cache or cfg.cache.mode) == "on":
-            return True, "cache: cache mode on"
         jobs = sum(not why for why in self.cache_layout[0].values()) * len(cfg.seeds)
-        if jobs >= 2:
-            return True, f"cache: auto, {jobs} jobs of this experiment share it"
-        if self._valid_cache_exists:
-            return True, "cache: auto, a valid cache for this teacher and data exists"
-        return False, "online: auto, a cache would serve one job only"
+        if (acfg.cache or cfg.cache.mode) == "on":
+            why = "cache: cache mode on"
+        elif jobs >= 2:
+            why = f"cache: auto, {jobs} jobs of this experiment share it"
+        elif self._valid_cache_exists:
+            why = "cache: auto, a valid cache for this teacher and data exists"
+        else:
+            return False, "online: auto, a cache would serve one job only"
+        views = self.cache_views()
+        if cfg.data.dataset != "glue" and cfg.data.augment and cfg.train.epochs > views:
+            why += (f"; {cfg.train.epochs} epochs over {views} cached augmentation views: epochs {views + 1}-"
+                    f"{cfg.train.epochs} reuse them (an uncached arm draws a fresh view every epoch)")
+        return True, why
 
     @functools.cached_property
     def _valid_cache_exists(self) -> bool:  # hashes every shard: asked once per plan
@@ -202,7 +225,7 @@ class Plan:
                           loss=ArmConfig(method="plain").model_dump(mode="json"),
                           model="user" if self.user_teacher else cfg.teacher.model,
                           save_path=str(teachers.model_path(self.out_dir, self.key)),
-                          weights=cfg.teacher.checkpoint, train=not given, views=self.views(cfg.teacher.train.epochs),
+                          weights=cfg.teacher.checkpoint, train=not given, views=self.views(),
                           eval_logits_out=str(teachers.eval_logits_path(self.out_dir, self.key)),
                           refuse={"min_metric": cfg.teacher.min_metric,
                                   "chance": cfg.guard.refuse_chance_teacher and not given},
@@ -223,7 +246,7 @@ class Plan:
                           distil=acfg.method != "plain",
                           agreement_with=str(teachers.eval_logits_path(self.out_dir, self.key)),
                           ranking_dir=str(teachers.teacher_dir(self.out_dir, self.key)) if acfg.pairs == "auto"
-                          else None, ranking_users=self.ranking_users(), views=self.views(cfg.train.epochs),
+                          else None, ranking_users=self.ranking_users(), views=self.views(arm, budget),
                           cache=cache, teacher_source=source, budget=budget,
                           checkpoint=None if self.user_student else
                           self._checkpoint(f"{cfg.name}/{arm}-seed{seed}", f"{self.row_identity(arm)}/{arm}/{seed}"))
@@ -249,15 +272,22 @@ class Plan:
         return max(1, sum(a.pairs == "auto" for a in self.cfg.arms.values()) * len(self.cfg.seeds))
 
     def row_identity(self, arm: str) -> str | None:
-        """What makes a student row what it is: its settings (not the other arms or the seed list), the data
-        files, and the teacher's key and stored weights. None with a caller's student module: such rows are
+        """What makes a student row what it is (identity.py: the resolved config minus an allow-list), with the
+        data files and the teacher's key and stored weights. None with a caller's student module: such rows are
         never reused (leankd cannot tell whether the module changed)."""
         if self.user_student:
             return None
-        skip = {k: True for k in ("arms", "seeds", "metering", "name", "checkpoint", "guard")}  # not what a row is
-        common = self.cfg.model_dump(mode="json", exclude={**skip, "teacher": {"min_metric": True, "shard": True}})
-        return config_hash({**common, "arm": self.cfg.arms[arm].identity(), "data": self.data_files,
-                            "teacher": [self.key, teachers.teacher_weights(self.out_dir, self.key)]})
+        cfg, acfg = self.cfg, self.cfg.arms[arm]
+        device = resolve_device(cfg.device)
+        cached = self.teacher_source(arm)[0]
+        targets = None if acfg.match is None else {"match": self.row_identity(acfg.match),
+                                                   "base": self.row_identity(cfg.base_arm(arm))}
+        resolved = {"precision": resolve(acfg.precision or cfg.precision, device)[0], "device": device.type,
+                    "teacher_precision": self.teacher_precision() if acfg.method != "plain" else None,
+                    "cache": self.cache_key() if cached else None,
+                    "views": None if targets else self.views(arm), "targets": targets}
+        return identity.row_identity(cfg, arm, [self.key, teachers.teacher_weights(self.out_dir, self.key)],
+                                     self.data_files, resolved)
 
     @classmethod
     def make(cls, cfg, data_dir: Path, out_dir: Path, task=None, student=None, teacher=None) -> "Plan":

@@ -215,7 +215,7 @@ def project_config(cfg, data_dir: Path, steps: int = 5) -> Projection:
                             cfg.teacher.model if needs else None)
             job = project(m, n, cfg.train.epochs, len(cfg.seeds), teacher_source=plan.teacher_source(arm)[1])
             if spec.distil:
-                job.cache = cache_alternative(job, n, plan.views(cfg.train.epochs), full_task.num_outputs)
+                job.cache = cache_alternative(job, n, plan.cache_views(), full_task.num_outputs)
             proj.jobs.append(job)
     prec = Precision.create(cfg.precision, resolve_device(cfg.device))
     proj.precision, proj.device = f"{prec.name} ({prec.reason})", str(prec.device)

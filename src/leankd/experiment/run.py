@@ -28,10 +28,11 @@ from leankd.data.files import prepare_out_dir, resolve_data_dir
 from leankd.errors import JobFailed
 from leankd.experiment import distributed, teachers
 from leankd.experiment.executors import POLL_S, Executor, InlineExecutor, LocalExecutor, Pending
+from leankd.experiment.identity import IDENTITY_VERSION
 from leankd.experiment.plan import Plan
 from leankd.jobs.spec import JobSpec
 from leankd.locks import locked, pid_alive
-from leankd.metering.ledger import build_ledger, shared_cost
+from leankd.metering.ledger import build_ledger, recharge, shared_cost
 from leankd.results.store import ResultsStore
 from leankd.resume import Resume
 from leankd.tasks import build_task, check_data
@@ -82,8 +83,33 @@ def claimed(store: ResultsStore, key: tuple) -> Iterator[int | None]:
         store.release(*key)
 
 
+def shared_reads(result: dict) -> list[dict]:
+    """The shared costs a job read (its teacher cache, its layer ranking), as the store records them."""
+    cache, ranking = result["extra"].get("cache"), result.get("ranking")
+    reads = []
+    if cache and cache.get("build_s") is not None:
+        reads.append({"resource": cache["path"], "kind": "cache", "experiment": cache["made_for"],
+                      "seconds": cache["build_s"], "flops": cache["build_flops"]})
+    if ranking and ranking.get("path"):
+        reads.append({"resource": ranking["path"], "kind": "ranking", "experiment": ranking.get("experiment"),
+                      "seconds": ranking["seconds"], "flops": ranking.get("flops")})
+    return reads
+
+
+def write_row(store: ResultsStore, row: dict, reads: list[dict]) -> dict | None:
+    """Insert a row with the shared costs it read, then recharge each of them over all their readers: the row as
+    stored (its shares final for now), or None when a row with its key was already there."""
+    run_id = store.insert(row, reads)
+    if run_id is None:
+        return None
+    for r in reads:
+        store.recharge(r["resource"], recharge)
+    return store.get(run_id)
+
+
 def make_row(cfg, spec: JobSpec, identity: str | None, result: dict, peak_rss_mb: float | None) -> dict:
-    """A store row: identity, metrics, the ledger (built in metering.ledger) and provenance."""
+    """A store row: identity, metrics, the ledger (built in metering.ledger) and provenance. Its shares of the cache
+    build and the ranking are provisional (planned users) until `write_row` recharges them from the readers."""
     share = shared_cost("layer ranking", result["ranking"], cfg.name, spec.ranking_users)
     cache = result["extra"].get("cache")
     build = {"seconds": cache["build_s"], "flops": cache["build_flops"], "experiment": cache["made_for"]} \
@@ -91,6 +117,7 @@ def make_row(cfg, spec: JobSpec, identity: str | None, result: dict, peak_rss_mb
     cache_share = shared_cost("teacher cache build", build, cfg.name, spec.cache["users"] if spec.cache else 1)
     ledger = build_ledger(result["costs"], peak_rss_mb, share, cache_share)
     prov = {**result["provenance"], "config": cfg.model_dump(mode="json")}
+    result["extra"]["identity_version"] = IDENTITY_VERSION
     return {"experiment": cfg.name, "config_hash": identity, "role": spec.role, "arm": spec.arm, "seed": spec.seed,
             "model": result["model"], "task": result["task"], "split": result["split"], "metrics": result["metrics"],
             **ledger, "extra": result["extra"], "provenance": prov,
@@ -159,7 +186,7 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
             written, failures = written + rows, failures + errors
     if failures:
         raise JobFailed(f"{len(failures)} job(s) failed: " + "; ".join(failures))
-    return written
+    return [store.get(r["id"]) if r.get("id") else r for r in written]  # as stored now: later readers' shares
 
 
 def ensure_cache(plan: Plan, store: ResultsStore, executor: Executor, work: Path, jobs: list[tuple[str, int]]) -> None:
@@ -258,12 +285,14 @@ def finish_student(plan: Plan, store: ResultsStore, job: _Flying) -> tuple[dict 
     """A finished student job's row, written to the store: (the row, or None; its error, or None)."""
     arm, seed = job.spec.arm, job.spec.seed
     try:
-        row = make_row(plan.cfg, job.spec, job.identity, *job.pending.result())
+        result, peak = job.pending.result()
+        row = make_row(plan.cfg, job.spec, job.identity, result, peak)
     except JobFailed as err:
         log.error("%s; continuing with the other arms", err)
         store.record_failure(*job.key, "student", str(err))
         return None, str(err)
-    if store.insert(row) is None:
+    row = write_row(store, row, shared_reads(result))
+    if row is None:
         log.warning("arm %s seed %d: a row for it was written meanwhile; not writing a second", arm, seed)
         return None, None
     _drop_checkpoint(job.spec)

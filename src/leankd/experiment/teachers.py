@@ -52,8 +52,10 @@ def is_stored(out_dir: Path, key: str) -> bool:
 
 
 def teacher_weights(out_dir: Path, key: str) -> str | None:
-    """The stored teacher's weights hash (written by the job's save step), None for an older store."""
-    return json.loads((teacher_dir(out_dir, key) / "model.json").read_text()).get("weights")
+    """The stored teacher's weights hash (written by the job's save step); None for an older store or a teacher not
+    trained yet (planning)."""
+    path = teacher_dir(out_dir, key) / "model.json"
+    return json.loads(path.read_text()).get("weights") if path.is_file() else None
 
 
 def save_row(out_dir: Path, key: str, row: dict) -> None:

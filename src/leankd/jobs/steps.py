@@ -31,6 +31,7 @@ from leankd.jobs.measure import count_train_flops, latency_figures
 from leankd.jobs.spec import JobSpec
 from leankd.jobs.teacher_cache import teacher_cache, teacher_setup
 from leankd.metering.energy import EnergyMeter
+from leankd.metering.flops import forward_flops
 from leankd.metering.ledger import job_costs
 from leankd.metering.memory import cuda_peak_mb, current_rss_mb, reset_cuda_peak
 from leankd.metering.provenance import now_iso, provenance
@@ -164,7 +165,7 @@ def build_distiller(job: Job) -> None:
             for turn in (True, False):  # rank 0 ranks (or reuses the stored ranking); the others then read it
                 if job.world.main == turn:
                     job.ranking = load_or_rank(job.task, ranker, Path(spec.ranking_dir), job.cfg.ranking, job.prec,
-                                               job.device, experiment=job.cfg.name)
+                                               job.device, experiment=job.cfg.name, flops_of=forward_flops(ranker))
                 dist.barrier()
         pairs = build_pairs(arm, job.model, teacher, job.ranking["ranked"] if job.ranking else None)
     example = to_device(job.loader.example(None, 2)[0], job.device) if pairs else None
@@ -180,7 +181,8 @@ def build_distiller(job: Job) -> None:
         job.extra.update(layer_pairs=[p.to_dict() for p in pairs], layer_map=describe(pairs),
                          teacher_layers=teacher_indices(pairs))
     if job.ranking:
-        job.extra["ranking"] = {k: job.ranking[k] for k in ("by", "samples", "seconds", "path", "reused")}
+        job.extra["ranking"] = {k: job.ranking.get(k) for k in ("by", "samples", "seconds", "flops", "path", "reused",
+                                                                 "experiment")}
     job.optimizer = build_optimizer(job.distiller, job.optim)  # the student's parameters and the adapters
     job.scheduler = build_scheduler(job.optimizer, job.optim, job.steps or job.optim.epochs * len(job.loader))
     log.info("%s: %s, %d train samples, %s, precision %s (%s), device %s", spec.arm, job.model_name,

@@ -7,10 +7,17 @@ The build runs the teacher once, in inference mode at its own batch size, over e
 each of the cache's views (the same augmented inputs the students get), stores logits and the attention maps of
 the layers its users distil (`spec.cache["maps"]`, decided at planning), and records its seconds and FLOPs in
 the cache manifest; the ledger charges them to the jobs that share the cache.
+
+The cache is not exact in every precision: the build pads its own length-sorted batches (text) where training pads
+the training loader's, so bf16 matmuls see other shapes, and int8 quantises activations per batch. After a build
+`online_check` measures the difference on the first CHECK_BATCHES training batches (max and mean |online - cached|
+logit, top-1 agreement) into the manifest's info["online_check"]; every job reading the cache carries it in
+extra["cache"]["online_check"]. fp32 images on CPU: 0.0 (bit for bit).
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 import warnings
@@ -28,9 +35,13 @@ from leankd.distill.taps import Taps
 from leankd.distill.targets import CachedTeacher, map_field, map_summary
 from leankd.errors import CheckpointError
 from leankd.metering.flops import count_flops
+from leankd.precision import teacher_precision
 from leankd.train import predict
 
 log = logging.getLogger(__name__)
+CHECK_BATCHES = 8  # training batches the cache is compared on with the online teacher after a build (8 forwards)
+NOT_MEASURED_DP = "not measured (data parallel build)"
+NOT_MEASURED_OLD = "not measured (cache built by an older leankd)"
 
 
 def _autocast(name: str, device: torch.device):
@@ -67,12 +78,12 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def teacher_setup(job) -> None:
-    """The teacher's precision for distilling (teacher.precision; `same` = the job's); a reduced one is
+    """The teacher's precision for distilling (teacher.precision; `same` = the experiment's); a reduced one is
     measured against the fp32 teacher on the eval split (agreement, mean KL) and recorded. int8 replaces
     job.teacher by its quantised copy; the fp32 one stays as job.reference_teacher (layer ranking uses it)."""
     if job.teacher is None or not job.spec.distil:
         return
-    name = job.cfg.teacher.precision if job.cfg.teacher.precision != "same" else job.prec.name
+    name = teacher_precision(job.cfg.teacher.precision, job.cfg.precision, job.device)
     job.teacher_precision, job.teacher_autocast = name, _autocast(name, job.device)
     job.extra["teacher_precision"] = name
     reference = job.teacher
@@ -111,30 +122,75 @@ def _run_teacher(job, loader, order: np.ndarray, views: int, batch_size: int, la
                     sink(map_field(name), view, idx, feats["summary"][:, 0].cpu().numpy())
                 shapes[_shape_of(x)] = shapes.get(_shape_of(x), 0) + len(idx)
     sync(job.device)
-    seconds = time.perf_counter() - t0
+    return {"seconds": time.perf_counter() - t0, "flops": _forward_flops(job, loader, shapes)}
+
+
+def _forward_flops(job, loader, shapes: dict) -> int:
+    """FLOPs of the teacher's forwards over `shapes` (input shape -> samples run at it)."""
     flops = 0
     for shape, n in shapes.items():  # every op is linear in the batch: count 2 samples per shape
         x2 = to_device(loader.example(shape[0] if len(shape) == 1 else shape, 2)[0], job.device)
         with torch.inference_mode(), job.teacher_autocast():
-            flops += n * count_flops(lambda: logits_of(teacher, x2)) // 2
-    return {"seconds": seconds, "flops": flops}
+            flops += n * count_flops(lambda: logits_of(job.teacher, x2)) // 2
+    return flops
 
 
-def _describe(writer, job, cost: dict, samples: int, views: int, batch_size: int) -> None:
+def online_check(job, loader, reader, batches: int = CHECK_BATCHES) -> dict:
+    """The cache against the online teacher on the first `batches` batches of epoch 0 of the training `loader`,
+    each formed as training forms it (its samples, views and padding) and run as the online Distiller runs the
+    teacher (job.teacher_autocast, no autograd, then .float()); the cached logits are read for the same keys
+    through CachedTeacher. Returns max and mean |online - cached| over the logits, top-1 agreement (None for a
+    single output: regression), and the check's own seconds and FLOPs (counted as the build's)."""
+    cached, shapes, diffs, agree = CachedTeacher(reader, job.device), {}, [], []
+    sync(job.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for x, _, key in itertools.islice(loader.keyed_epoch(0), batches):
+            x = to_device(x, job.device)
+            with job.teacher_autocast():
+                online = logits_of(job.teacher, x).float()
+            stored = cached(key)[0]
+            diffs.append((online - stored).abs().flatten(1))
+            agree.append(online.argmax(-1) == stored.argmax(-1))
+            shapes[_shape_of(x)] = shapes.get(_shape_of(x), 0) + len(key["index"])
+        diff, agree = torch.cat(diffs).cpu(), torch.cat(agree).cpu()  # the one device sync of the check
+    sync(job.device)
+    seconds = time.perf_counter() - t0
+    return {"batches": len(diffs), "samples": len(diff), "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+            "agreement": float(agree.float().mean()) if diff.shape[1] > 1 else None, "seconds": seconds,
+            "flops": _forward_flops(job, loader, shapes)}
+
+
+def _describe(writer, job, cost: dict, samples: int, views: int, batch_size: int, check) -> None:
+    """The manifest's info. Seconds and FLOPs cover the teacher passes and the online check (both are what the
+    cache costs); `check` is online_check()'s dict, or why there is none."""
+    if isinstance(check, dict):
+        cost = {"seconds": cost["seconds"] + check["seconds"], "flops": cost["flops"] + check["flops"]}
     writer.info.update(**cost, experiment=job.cfg.name, samples=samples, views=views, batch_size=batch_size,
                        precision=job.teacher_precision, device=str(job.device),
-                       world_size=getattr(job, "world", dist.World()).size,
-                       flops_note="teacher forwards; the attention maps' channel means are not counted")
-    log.info("teacher cache: %d samples x %d view(s) in %.1f s, %.3g FLOP", samples, views, cost["seconds"],
-             cost["flops"])
+                       world_size=getattr(job, "world", dist.World()).size, online_check=check,
+                       flops_note="teacher forwards (build and online check); the attention maps' channel means "
+                                  "are not counted")
+    log.info("teacher cache: %d samples x %d view(s) in %.1f s, %.3g FLOP (online check included)", samples, views,
+             cost["seconds"], cost["flops"])
+    if isinstance(check, dict):
+        log.info("teacher cache vs online teacher on %d training batches: max |Δlogit| %.3g, mean %.3g, "
+                 "agreement %s (%d samples, %.1f s)", check["batches"], check["max_abs"], check["mean_abs"],
+                 "n/a" if check["agreement"] is None else f"{check['agreement']:.4f}", check["samples"],
+                 check["seconds"])
 
 
 def _fill(job, loader, views: int, batch_size: int, layers=()):
     """The build in one process: logits, and the attention maps of `layers` (captured by hooks), for every sample
-    and view, written as they come."""
+    and view, written as they come; then the online check of what was written (`loader` is the training loader)."""
     def fill(writer) -> None:
         cost = _run_teacher(job, loader, _build_order(loader), views, batch_size, layers, writer.write)
-        _describe(writer, job, cost, loader.num_samples, views, batch_size)
+        reader = writer.reader()
+        try:
+            check = online_check(job, loader, reader)
+        finally:
+            reader.close()
+        _describe(writer, job, cost, loader.num_samples, views, batch_size, check)
     return fill
 
 
@@ -154,7 +210,7 @@ def _build_sharded(job, cache: TeacherCache, loader, fields: dict, views: int, b
         def fill(writer) -> None:
             for part in (p for rank_parts in gathered for p in rank_parts):
                 writer.write(*part)
-            _describe(writer, job, cost, loader.num_samples, views, batch_size)
+            _describe(writer, job, cost, loader.num_samples, views, batch_size, NOT_MEASURED_DP)
         cache.build(loader.num_samples, views, fields, fill)
     dist.barrier()  # the cache is complete before any rank reads it
 
@@ -187,4 +243,5 @@ def teacher_cache(job) -> None:
     job.extra["cache"] = {"path": str(cache.path), "build_s": info.get("seconds"), "build_flops": info.get("flops"),
                           "made_for": info.get("experiment"), "users": spec.cache["users"],
                           "views": spec.views, "dtype": spec.cache["dtype"], "bytes": cache.size_bytes(),
-                          "fields": sorted(reader.manifest["fields"])}
+                          "fields": sorted(reader.manifest["fields"]),
+                          "online_check": info.get("online_check", NOT_MEASURED_OLD)}

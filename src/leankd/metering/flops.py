@@ -27,6 +27,8 @@ from typing import Callable, Iterator
 import torch
 from torch.utils import flop_counter as _fc
 
+from leankd.batching import logits_of
+
 log = logging.getLogger(__name__)
 
 aten = torch.ops.aten
@@ -133,3 +135,13 @@ def format_flops(n: int) -> str:
             return f"{value:.0f} FLOP" if unit == "" else f"{value:.2f} {unit}FLOP"
         value /= 1000
     raise AssertionError("unreachable")
+
+
+def forward_flops(model: torch.nn.Module) -> Callable[[object], int]:
+    """A function counting the FLOPs of one inference forward of `model` on a batch (tensor or dict of them)."""
+    def count(x) -> int:
+        def forward() -> None:
+            with torch.inference_mode():
+                logits_of(model, x)
+        return count_flops(forward, model)
+    return count

@@ -5,16 +5,18 @@
     ledger["total_s"], ledger["sources"]["peak_mem_mb"]
 
 The store and the report only read these figures. Definitions (docs/results-schema.md):
-  total_s = train_s + cache_share_s + ranking_share_s;  total_flops = train_flops + cache_share_flops
+  total_s = train_s + cache_share_s + ranking_share_s
+  total_flops = train_flops + cache_share_flops + ranking_share_flops
   lost_s: training redone after a crash (resumed from a checkpoint); reported, not added to total_s.
   teacher_s: online, the part of train_s spent in teacher forwards (never added again); cached, the cache share.
-  A shared cost (the teacher cache's build, the layer ranking) is divided by the number of jobs of the
-  experiment it was made for that use it; an experiment that reuses it from an earlier one is charged 0.
+  A shared cost (the teacher cache's build, the layer ranking) is divided by the rows of the experiment it was made
+  for that read it (`recharge`, rerun by the store whenever a reader joins: the shares always sum to the cost);
+  an experiment that reuses it from an earlier one is charged 0.
 """
 from __future__ import annotations
 
 FIGURES = ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s", "lost_s", "train_flops",
-           "cache_share_flops", "total_flops",
+           "cache_share_flops", "ranking_share_flops", "total_flops",
            "infer_batch_size", "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1", "infer_ms_p90_b1",
            "peak_mem_mb", "peak_mem_source", "energy_j", "energy_source", "params", "size_mb")
 PEAK_CUDA = "torch.cuda.max_memory_allocated"
@@ -67,14 +69,16 @@ def peak_memory(costs: dict, child_peak_rss_mb: float | None) -> tuple[float | N
 def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[float, int, str],
                  cache: tuple[float, int, str] = (0.0, 0, "no teacher cache")) -> dict:
     """Every cost column of a row, plus `sources` (figure -> where it came from). `ranking` and `cache` are
-    `shared_cost` results (the ranking's FLOPs are not counted)."""
+    `shared_cost` results (provisional: the store's `recharge` sets the final shares from the rows that read them)."""
     peak, peak_source = peak_memory(costs, child_peak_rss_mb)
-    (ranking_s, _, ranking_rule), (cache_s, cache_flops, cache_rule) = ranking, cache
+    (ranking_s, ranking_flops, ranking_rule), (cache_s, cache_flops, cache_rule) = ranking, cache
     ledger = {"train_s": costs["train_s"], "teacher_s": costs["teacher_s"] + cache_s, "cache_share_s": cache_s,
               "ranking_share_s": ranking_s, "total_s": costs["train_s"] + cache_s + ranking_s,
               "lost_s": costs.get("lost_s", 0.0),
               "train_flops": costs["train_flops"], "cache_share_flops": cache_flops,
-              "total_flops": costs["train_flops"] + cache_flops, "peak_mem_mb": peak, "peak_mem_source": peak_source,
+              "ranking_share_flops": ranking_flops,
+              "total_flops": costs["train_flops"] + cache_flops + ranking_flops, "peak_mem_mb": peak,
+              "peak_mem_source": peak_source,
               "energy_j": costs["energy_j"], "energy_source": costs["energy_source"]}
     ledger.update({k: costs[k] for k in ("infer_batch_size", "infer_ms_p50", "infer_ms_p90", "infer_ms_p50_b1",
                                          "infer_ms_p90_b1", "params", "size_mb")})
@@ -90,9 +94,41 @@ def build_ledger(costs: dict, child_peak_rss_mb: float | None, ranking: tuple[fl
             f"; the largest of {ranks} data parallel processes" if ranks > 1 else "") if costs["teacher_s"] else
         "the teacher cache's share" if cache_s else "no teacher forwards",
         "cache_share_s": cache_rule, "cache_share_flops": cache_rule, "ranking_share_s": ranking_rule,
-        "total_s": "train_s + cache_share_s + ranking_share_s", "total_flops": "train_flops + cache_share_flops",
+        "ranking_share_flops": ranking_rule, "total_s": "train_s + cache_share_s + ranking_share_s",
+        "total_flops": "train_flops + cache_share_flops + ranking_share_flops",
         "train_flops": "torch FlopCounterMode on one real step per input shape, scaled by samples" + on_ranks,
         "infer_ms": "p50/p90 of timed batches after warm-up, eval mode, device synchronised",
         "peak_mem_mb": peak_source, "energy_j": costs["energy_source"] + (on_ranks if costs["energy_j"] else ""),
         "size_mb": "parameter + buffer bytes at the saved dtypes"}
     return ledger
+
+
+SHARED = {"cache": ("teacher cache build", "cache_share_s", "cache_share_flops"),
+          "ranking": ("layer ranking", "ranking_share_s", "ranking_share_flops")}
+
+
+def recharge(resource: dict, readers: list[dict]) -> dict[int, dict]:
+    """The cost columns of every row that read a shared cost (`resource`: {"kind": "cache" | "ranking", "seconds",
+    "flops", "experiment"}), its `readers` being the rows of that experiment that read it, by id: seconds / n each,
+    FLOPs split exactly (the first flops % n rows get one more), totals and teacher_s redone. Returns
+    {row id: column -> value}."""
+    what, s_col, f_col = SHARED[resource["kind"]]
+    n, seconds = len(readers), resource["seconds"] or 0.0
+    base, rest = divmod(int(resource["flops"] or 0), max(n, 1))
+    rule = (f"{what} {seconds:.1f} s, {resource['flops'] or 0} FLOP / {n} row(s) of experiment "
+            f"'{resource['experiment']}' that read it (recomputed as readers join)")
+    out = {}
+    for i, r in enumerate(readers):
+        cols = {s_col: seconds / n, f_col: base + (i < rest)}
+        cache_s = cols.get("cache_share_s", r.get("cache_share_s") or 0.0)
+        ranking_s = cols.get("ranking_share_s", r.get("ranking_share_s") or 0.0)
+        flops = cols.get("cache_share_flops", r.get("cache_share_flops") or 0) + \
+            cols.get("ranking_share_flops", r.get("ranking_share_flops") or 0)
+        train_flops = r.get("train_flops")
+        cols.update(total_s=r["train_s"] + cache_s + ranking_s, total_flops=None if train_flops is None else
+                    train_flops + flops,
+                    sources={**(r.get("sources") or {}), s_col: rule, f_col: rule})
+        if resource["kind"] == "cache":  # teacher_s of a cached row: its online part (none) + the cache share
+            cols["teacher_s"] = (r.get("teacher_s") or 0.0) - (r.get("cache_share_s") or 0.0) + cache_s
+        out[r["id"]] = cols
+    return out

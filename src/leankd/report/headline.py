@@ -1,39 +1,84 @@
-"""The headline of an experiment: one line per arm with its quality, its difference to `plain` and whether that
-difference is larger than the seed spread, and its cost as multiples of `plain`'s.
+"""The headline of an experiment: one line per arm with its quality, its paired difference to `plain` (with a 95%
+confidence interval and a paired t-test over the seeds both arms ran), and its cost as multiples of `plain`'s.
 
     summary = summarise(rows)                  # leankd.report.table
     head = headline(summary)
-    head["lines"][0]["delta"], head["lines"][0]["mark"]      # e.g. 1.9, "significant"
+    head["lines"][2]["delta"], head["lines"][2]["mark"]      # e.g. 1.9, "better (p=0.012, n=3)"
     print(headline_markdown(head))
 
-Quality is the task's first metric (accuracy for CIFAR-10 and SST-2), in points when it is a fraction.
-Significance: the spread of a difference of two single runs is sqrt(std_a^2 + std_b^2) (sample stds over seeds);
-a difference no larger than it is marked "n.s.", and with one seed on either side there is no spread ("n/a").
+Quality is the task's first metric (accuracy for CIFAR-10 and SST-2), in points when it is a fraction; higher is
+better for every metric leankd records first. Seeds are shared between arms (the same seed gives the same
+initialisation and data order), so an arm is compared with `plain` seed by seed: delta is the mean of the per-seed
+differences over the seeds both arms have, with its 95% CI (t distribution, n - 1 degrees of freedom) and the p of
+`scipy.stats.ttest_rel`. A difference is called "better" or "worse" only when p < 0.05 with at least 3 paired
+seeds; otherwise "n.s." (or "n/a" with fewer than 3 seeds). The teacher is not tested (one seed, its own model).
 Only each arm's current config is in the headline; older configs stay in the full ledger.
 
 A compute-matched plain arm (rows with `extra.budget = {"match": "kd", "by": "flops" | "seconds", "target",
-"epochs"}`) is labelled "plain_matched (plain at kd's FLOPs)", and its target arm is compared with it: is
-distillation better than training the student longer for the same compute?
+"epochs"}`) is labelled "plain_matched (plain at kd's FLOPs)", and its target arm is compared with it, paired the
+same way: is distillation better than training the student longer for the same compute?
 """
 from __future__ import annotations
 
 import math
+import statistics
+
+from scipy import stats
 
 from leankd.report.table import _arm_label, _is_percent, _num, _ratio, _ratio_cell
 
-SIGNIFICANT, NOT_SIGNIFICANT, ONE_SEED = "significant", "n.s.", "n/a (1 seed)"
+ALPHA, MIN_SEEDS = 0.05, 3
+BETTER, WORSE, NOT_SIGNIFICANT, NOT_APPLICABLE = "better", "worse", "n.s.", "n/a"
+TEST_COLUMN = "p (paired, n)"
 
 
-def significance(a: dict | None, b: dict | None) -> tuple[float | None, float | None, str | None]:
-    """(delta = mean_a - mean_b, spread, mark) for two `{"mean", "std", "n"}` stats; mark is "significant" when
-    |delta| > spread = sqrt(std_a^2 + std_b^2), "n.s." when not, "n/a (1 seed)" when either has one seed."""
-    if a is None or b is None:
-        return None, None, None
-    delta = a["mean"] - b["mean"]
-    if a["n"] < 2 or b["n"] < 2:
-        return delta, None, ONE_SEED
-    spread = math.sqrt(a["std"] ** 2 + b["std"] ** 2)
-    return delta, spread, SIGNIFICANT if abs(delta) > spread else NOT_SIGNIFICANT
+def p_text(p: float) -> str:
+    """p to 2-3 decimals ("p=0.012", "p=0.19", "p<0.001"); a p under ALPHA never prints as "p=0.050"."""
+    if p < 0.001:
+        return "p<0.001"
+    text = f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+    return f"p={p:.4f}" if p < ALPHA and float(text) >= ALPHA else f"p={text}"
+
+
+def _no_test(n: int, delta: float | None, mark: str) -> dict:
+    return {"delta": delta, "ci_low": None, "ci_high": None, "p": None, "n": n, "direction": NOT_APPLICABLE,
+            "mark": mark}
+
+
+def significance(a: dict | None, b: dict | None) -> dict | None:
+    """Paired comparison of arm `a` with arm `b`, each `{seed: value}`, over the seeds both have (None seeds and
+    non-finite values left out): {"delta": mean of a - b, "ci_low", "ci_high" (95% CI of that mean), "p"
+    (scipy.stats.ttest_rel), "n" (paired seeds), "direction": better | worse | n.s. | n/a, "mark": the direction
+    with its p and n or its reason, e.g. "better (p=0.012, n=3)", "n.s. (p=0.19, n=5)", "n/a (n=2: needs 3
+    seeds)"}.
+    None when either arm has no values. Never nan."""
+    if not a or not b:
+        return None
+    seeds = [s for s in a if s is not None and s in b and math.isfinite(a[s]) and math.isfinite(b[s])]
+    n = len(seeds)
+    if n == 0:
+        return _no_test(0, None, "n/a (no seed in both arms)")
+    diffs = [a[s] - b[s] for s in seeds]
+    delta = statistics.fmean(diffs)
+    if n == 1:
+        return _no_test(1, delta, "n/a (1 seed)")
+    identical = all(abs(d) < 1e-9 for d in diffs)  # 1e-9 points: float noise, not a difference
+    delta, sd = (0.0, 0.0) if identical else (delta, statistics.stdev(diffs))
+    if sd <= 1e-12 * abs(delta):
+        # ttest_rel is nan here (0 / 0). Every seed gives the same difference: none at all (e.g. a cached teacher's
+        # kd against an online teacher's kd) is "identical", p = 1; a constant nonzero one is as sure as a
+        # difference gets, p = 0.
+        sd, p = 0.0, 1.0 if identical else 0.0
+    else:
+        p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    out = {"delta": delta, "ci_low": delta - half, "ci_high": delta + half, "p": p, "n": n}
+    if n < MIN_SEEDS:
+        return {**out, "direction": NOT_APPLICABLE, "mark": f"n/a (n={n}: needs {MIN_SEEDS} seeds)"}
+    if identical:
+        return {**out, "direction": NOT_SIGNIFICANT, "mark": f"n.s. (identical, n={n})"}
+    direction = NOT_SIGNIFICANT if p >= ALPHA else BETTER if delta > 0 else WORSE
+    return {**out, "direction": direction, "mark": f"{direction} ({p_text(p)}, n={n})"}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -53,13 +98,32 @@ def _scaled(stat: dict | None, scale: float) -> dict | None:
     return None if stat is None else {**stat, "mean": stat["mean"] * scale, "std": stat["std"] * scale}
 
 
+def _per_seed(s: dict, metric: str | None, scale: float) -> dict | None:
+    values = (s.get("per_seed") or {}).get(metric) if metric else None
+    return None if values is None else {seed: v * scale for seed, v in values.items()}
+
+
+_UNTESTED = {"delta": None, "ci_low": None, "ci_high": None, "p": None, "n": None, "direction": None, "mark": None}
+
+
+def _test(s: dict, plain: dict | None, metric: str | None, scale: float, quality: dict | None) -> dict:
+    """The line's comparison with plain: none for plain itself; the teacher's difference of means, untested."""
+    if plain is None or s is plain:
+        return _UNTESTED
+    if s["role"] == "teacher":
+        ref = _scaled(plain["metrics"].get(metric), scale) if metric else None
+        delta = quality["mean"] - ref["mean"] if quality and ref else None
+        return {**_UNTESTED, "delta": delta, "direction": NOT_APPLICABLE, "mark": "n/a (teacher)"}
+    return significance(_per_seed(s, metric, scale), _per_seed(plain, metric, scale)) or _UNTESTED
+
+
 def _line(s: dict, plain: dict | None, metric: str | None, scale: float) -> dict:
     quality = _scaled(s["metrics"].get(metric), scale) if metric else None
-    ref = _scaled(plain["metrics"].get(metric), scale) if plain is not None and metric else None
-    delta, spread, mark = significance(quality, ref) if plain is not None and s is not plain else (None,) * 3
+    test = _test(s, plain, metric, scale, quality)
     return {"arm": s["arm"], "label": _arm_label(s), "role": s["role"], "n": s["n"], "budget": s.get("budget"),
-            "budget_epochs": s.get("budget_epochs") or [],
-            "quality": quality, "delta": delta, "spread": spread, "mark": mark,
+            "budget_epochs": s.get("budget_epochs") or [], "per_seed": _per_seed(s, metric, scale),
+            "quality": quality, **{k: test[k] for k in ("delta", "ci_low", "ci_high", "p", "direction", "mark")},
+            "n_paired": test["n"],
             "total_s": s["total_s"], "total_flops": s["total_flops"],
             "total_s_x": _ratio(s["total_s"], plain["total_s"]) if plain else None,
             "flops_x": _ratio(s["total_flops"], plain["total_flops"]) if plain else None,
@@ -70,21 +134,29 @@ def _line(s: dict, plain: dict | None, metric: str | None, scale: float) -> dict
             "energy_source": s.get("energy_source"), "teacher_layers": s.get("teacher_layers")}
 
 
+def comparison_text(test: dict | None, unit: str) -> str:
+    """A paired comparison in words, e.g. "+1.17 points, 95% CI [+0.71, +1.63]: better (p=0.012, n=3)"."""
+    if test is None or test["delta"] is None:
+        return "unavailable" if test is None else test["mark"]  # e.g. "n/a (no seed in both arms)"
+    text = f"{test['delta']:+.2f} {unit}".rstrip()
+    if test["ci_low"] is not None:
+        text += f", 95% CI [{test['ci_low']:+.2f}, {test['ci_high']:+.2f}]"
+    return f"{text}: {test['mark']}"
+
+
 def _comparison(line: dict, target: dict, unit: str) -> dict:
-    """The matched target arm against the compute-matched plain arm `line`."""
+    """The matched target arm against the compute-matched plain arm `line`, paired over their shared seeds."""
     budget = line["budget"]
-    delta, spread, mark = significance(target["quality"], line["quality"])
+    test = significance(target["per_seed"], line["per_seed"])
     by = "FLOPs" if budget.get("by") == "flops" else budget.get("by")
-    text = f"{target['arm']} vs plain at {target['arm']}'s {by}: "
-    text += "unavailable" if delta is None else f"{delta:+.2f} {unit} " + (
-        f"({mark})" if mark != ONE_SEED else "(n/a: 1 seed)")
+    text = f"{target['arm']} vs plain at {target['arm']}'s {by}: " + comparison_text(test, unit)
     epochs = line["budget_epochs"] or [budget["epochs"]] if budget.get("epochs") is not None else []
     if epochs:  # seconds vary run to run, so a seconds-matched arm's length differs per seed
         span = f"{min(epochs):.3g}" if max(epochs) - min(epochs) < 5e-3 else \
             f"{min(epochs):.3g}-{max(epochs):.3g} (per seed)"
         text += f"; {line['arm']} trained {span} epochs to match"
-    return {"target": target["arm"], "matched": line["arm"], "by": budget.get("by"), "delta": delta,
-            "spread": spread, "mark": mark, "text": text}
+    return {"target": target["arm"], "matched": line["arm"], "by": budget.get("by"),
+            **(test or {**_UNTESTED, "n": 0}), "text": text}
 
 
 def headline(summary: list[dict]) -> dict:
@@ -114,10 +186,13 @@ def delta_cell(line: dict) -> str:
     return "—" if line["delta"] is None else f"{line['delta']:+.2f}"
 
 
+def ci_cell(line: dict) -> str:
+    return "—" if line["ci_low"] is None else f"[{line['ci_low']:+.2f}, {line['ci_high']:+.2f}]"
+
+
 def mark_cell(line: dict) -> str:
-    if line["mark"] is None:
-        return "—"
-    return line["mark"] if line["spread"] is None else f"{line['mark']} (spread {line['spread']:.2f})"
+    """The direction with p and the paired seeds, e.g. "better (p=0.012, n=3)", "n/a (n=2: needs 3 seeds)"."""
+    return "—" if line["mark"] is None else line["mark"]
 
 
 def mean_cell(stat: dict | None) -> str:
@@ -131,16 +206,21 @@ def columns(head: dict) -> list[tuple[str, object]]:
     quality = f"{head['metric']} (%)" if head["percent"] else (head["metric"] or "quality")
     delta = "Δ vs plain" + (" (points)" if head["percent"] else "")
     return [("arm", lambda ln: ln["label"]), ("n", lambda ln: str(ln["n"])), (quality, lambda ln: quality_cell(
-        ln["quality"])), (delta, delta_cell), ("vs seed spread", mark_cell),
+        ln["quality"])), (delta, delta_cell), ("95% CI", ci_cell), (TEST_COLUMN, mark_cell),
             ("total_s ×plain", lambda ln: _ratio_cell(ln["total_s_x"])),
             ("FLOPs ×plain", lambda ln: _ratio_cell(ln["flops_x"])),
             ("peak mem (MiB)", lambda ln: mean_cell(ln["peak_mem_mb"])),
             (f"infer ms p50 {bs}", lambda ln: mean_cell(ln["infer_ms_p50"]))]
 
 
-LEGEND = ("Quality: mean ± sample std over seeds. Δ: difference of means; n.s. when |Δ| ≤ sqrt(std_a² + std_b²) "
-          "(the spread of a single-run difference), n/a with one seed on either side. ×plain: ratio of means "
-          "(total_s, total FLOPs) to plain's; the teacher's is its own training. Current configs only.")
+LEGEND = ("Quality: mean ± sample std over seeds. Arms share seeds (same seed: same initialisation and data "
+          "order), so each arm is compared with plain seed by seed, over the seeds both ran: Δ is the mean of the "
+          "per-seed differences, 95% CI its confidence interval (mean ± t(0.975, n-1)·sd/√n), p the two-sided "
+          "paired t-test (scipy.stats.ttest_rel) and n the number of paired seeds. \"better\" / \"worse\" only "
+          "when p < 0.05 with n ≥ 3; otherwise n.s. (not significant; \"identical\" when every seed gives the same "
+          "value), and n/a with fewer than 3 paired seeds. The teacher is not tested (Δ: difference of means). "
+          "×plain: ratio of means (total_s, total FLOPs) to plain's; the teacher's is its own training. Current "
+          "configs only.")
 
 
 def headline_markdown(head: dict) -> str:

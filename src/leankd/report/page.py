@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from leankd.report import plots
-from leankd.report.headline import LEGEND, columns, headline
+from leankd.report.headline import BETTER, LEGEND, TEST_COLUMN, WORSE, columns, headline
 from leankd.report.table import _LEGEND, to_markdown
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ th:first-child, td:first-child { text-align: left; }
 td.num { text-align: right; }
 tbody tr:nth-child(even) { background: var(--band); }
 tr.teacher td { color: var(--muted); }
-td.sig { color: #1b7f3b; font-weight: 600; } td.ns { color: var(--muted); }
+.better { color: #1b7f3b; font-weight: 600; } .worse { color: #c0392b; font-weight: 600; }
+.ns { color: var(--muted); }
 ul.compare { padding-left: 1.2em; margin: 6px 0; } ul.compare li { margin: 2px 0; }
 details { margin: 10px 0 4px; } summary { cursor: pointer; font-weight: 600; color: var(--accent); }
 .plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 18px 28px; }
@@ -69,17 +70,23 @@ def _td(text: str, extra: str = "") -> str:
     return f'<td class="{cls}">{html.escape(text)}</td>' if cls else f"<td>{html.escape(text)}</td>"
 
 
+def _direction_class(test: dict) -> str:
+    """CSS class of a paired comparison's direction: green only for a significant gain, red for a significant
+    loss, muted for n.s. and n/a."""
+    direction = test.get("direction")
+    return {BETTER: "better", WORSE: "worse"}.get(direction, "ns" if direction else "")
+
+
 def headline_html(head: dict) -> str:
     cols = columns(head)
-    marks = {"significant": "sig", "n.s.": "ns"}
     body = []
     for ln in head["lines"]:
-        tds = [_td(cell(ln), marks.get(ln["mark"], "") if name == "vs seed spread" else "") for name, cell in cols]
+        tds = [_td(cell(ln), _direction_class(ln) if name == TEST_COLUMN else "") for name, cell in cols]
         body.append(f'<tr class="{ln["role"]}">' + "".join(tds) + "</tr>")
     thead = "".join(f"<th>{html.escape(name)}</th>" for name, _ in cols)
     table = (f'<div class="scroll"><table class="headline"><thead><tr>{thead}</tr></thead>'
              f'<tbody>{"".join(body)}</tbody></table></div>')
-    compare = "".join(f"<li>{html.escape(c['text'])}</li>" for c in head["comparisons"])
+    compare = "".join(f'<li class="{_direction_class(c)}">{html.escape(c["text"])}</li>' for c in head["comparisons"])
     return table + (f'<ul class="compare">{compare}</ul>' if compare else "") + \
         f'<p class="legend">{html.escape(LEGEND)}</p>'
 

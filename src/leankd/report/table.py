@@ -12,10 +12,12 @@ Usage::
 `summarise` gives one dict per (arm, config_hash) group: rows made by different settings are never
 averaged together. Arms come teacher first, then `plain`, then the other arms in the order first seen;
 within an arm the newest group (highest row id) comes first and is the arm's current row, and older
-groups (an edited config rerun under the same experiment name) follow it with ``"older": True``.
+groups (an edited config rerun under the same experiment name) follow it with ``"older": True``; so do student
+rows written under another identity rule (`extra.identity_version`, an older leankd): never a current row.
 Every metric and every numeric ledger figure becomes ``{"mean", "std", "n"}`` over the group's seeds
 (sample std, 0.0 for one value; None values skipped; the whole figure is None when no seed has a
-value). A seed that appears twice in a group (a re-run) counts once, with its latest row.
+value). A seed that appears twice in a group (a re-run) counts once, with its latest row. ``per_seed`` keeps each
+metric's value per seed, ``{metric: {seed: value}}``, for paired comparisons between arms.
 Ratios ``total_s_vs_plain`` / ``train_flops_vs_plain`` are ratios of means to the current plain group,
 given for current student groups only (None for the teacher and for older groups).
 """
@@ -28,6 +30,8 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from leankd.results.store import IDENTITY_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,9 @@ def _summarise_group(arm: str, config_hash: Any, runs: list[dict], older: bool) 
         "budget": next((b for r in reversed(runs) if (b := (r.get("extra") or {}).get("budget"))), None),
         "budget_epochs": [b["epochs"] for r in runs if (b := (r.get("extra") or {}).get("budget"))],
         "metrics": {m: _stats([(r.get("metrics") or {}).get(m) for r in runs]) for m in metric_names},
+        # each seed's value (its latest row), for paired comparisons across arms (leankd.report.headline)
+        "per_seed": {m: {r.get("seed"): float(v) for r in runs if (v := (r.get("metrics") or {}).get(m)) is not None}
+                     for m in metric_names},
     }
     for fig in LEDGER_FIGURES:
         s[fig] = _stats([r.get(fig) for r in runs])
@@ -144,6 +151,13 @@ def _summarise_group(arm: str, config_hash: Any, runs: list[dict], older: bool) 
     return s
 
 
+def _older_identity(r: dict) -> bool:
+    """A row a leankd job wrote (it records its arm_config) under an older identity rule: it cannot be proven equal
+    to a row of today's config, so it is never the current one."""
+    extra = r.get("extra") or {}
+    return "arm_config" in extra and extra.get("identity_version") != IDENTITY_VERSION
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """One summary dict per (arm, config_hash) for the rows of one experiment (see the module docstring)."""
     if len({r["experiment"] for r in rows}) > 1:
@@ -151,8 +165,10 @@ def summarise(rows: list[dict]) -> list[dict]:
                          "(write_report does this)")
     out, seen = [], set()
     for arm, config_hash, runs in _groups(rows):
-        out.append(_summarise_group(arm, config_hash, runs, older=arm in seen))
-        seen.add(arm)
+        stale = arm != "teacher" and any(_older_identity(r) for r in runs)
+        out.append(_summarise_group(arm, config_hash, runs, older=arm in seen or stale))
+        if not stale:
+            seen.add(arm)
 
     plain = next((s for s in out if s["arm"] == "plain" and not s["older"]), None)
     for s in out:

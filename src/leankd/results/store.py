@@ -32,13 +32,14 @@ Absent figures are NULL, never 0. Seconds are wall-clock seconds with the device
 | `metrics` | TEXT (JSON) | metric name -> value, fractions not percent (`accuracy`, `macro_f1`, `agreement`, ...) |
 | `train_s` | REAL | s, the arm's whole training step loop; evaluation, checkpointing, warm-up excluded |
 | `teacher_s` | REAL | s, teacher work of this arm (online: part of `train_s`; cached: its share of the cache build) |
-| `cache_share_s` | REAL | s, the teacher cache build's seconds / the jobs of its experiment using it; 0 online |
+| `cache_share_s` | REAL | s, the teacher cache build's seconds / the rows of its experiment that read it; 0 online |
 | `total_s` | REAL | s, `train_s + cache_share_s + ranking_share_s`: the time compared across arms |
-| `ranking_share_s` | REAL | s, the layer ranking's seconds / the jobs of its experiment using it; 0 otherwise |
+| `ranking_share_s` | REAL | s, the layer ranking's seconds / the rows of its experiment that read it; 0 otherwise |
+| `ranking_share_flops` | INTEGER | FLOP, the layer ranking's FLOPs charged to this row (shared as `ranking_share_s`) |
 | `lost_s` | REAL | s, training redone after a crash (progress lost since the checkpoint); not in `total_s` |
 | `train_flops` | INTEGER | FLOP, of training incl. online teacher forwards, counted over the actual batch shapes |
 | `cache_share_flops` | INTEGER | FLOP, the cache build's FLOPs charged to this job (shared as `cache_share_s`) |
-| `total_flops` | INTEGER | FLOP, `train_flops + cache_share_flops`: the FLOPs compared across arms |
+| `total_flops` | INTEGER | FLOP, `train_flops + cache_share_flops + ranking_share_flops`: compared across arms |
 | `infer_batch_size` | INTEGER | batch size of `infer_ms_p50` / `infer_ms_p90` (the training batch size) |
 | `infer_ms_p50` | REAL | ms per batch, median over >= 20 batches after warm-up, at `infer_batch_size` |
 | `infer_ms_p90` | REAL | ms per batch, 90th percentile, at `infer_batch_size` |
@@ -56,6 +57,10 @@ Absent figures are NULL, never 0. Seconds are wall-clock seconds with the device
 | `started_at` | TEXT | ISO-8601 time the run started |
 | `ended_at` | TEXT | ISO-8601 time the run ended |
 
+Tables ``resources`` (resource, kind, experiment, seconds, flops: a teacher cache build or a layer ranking) and
+``reads`` (run_id, resource): which rows read which shared cost. A row's share is recomputed, in one transaction,
+whenever a reader joins (``recharge``): the charged shares always sum to the build's cost.
+
 Table ``meta`` (key, value) holds ``schema_version``; a file with another version is refused.
 The same table is in docs/results-schema.md.
 """
@@ -70,12 +75,13 @@ import time
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from leankd.errors import DataError
 from leankd.locks import pid_alive
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+IDENTITY_VERSION = 2  # the rule of a student row's config_hash (leankd.experiment.identity); in extra.identity_version
 
 # (name, SQL type) in table order; `id` is added by the schema. Single source for schema and checks.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -95,6 +101,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("ranking_share_s", "REAL"),
     ("lost_s", "REAL"),
     ("cache_share_flops", "INTEGER"),
+    ("ranking_share_flops", "INTEGER"),
     ("total_flops", "INTEGER"),
     ("train_flops", "INTEGER"),
     ("infer_batch_size", "INTEGER"),
@@ -117,7 +124,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 JSON_COLUMNS = frozenset({"metrics", "extra", "provenance", "sources"})
 # Versions: 1 (first), 2 (+ ranking_share_s, sources), 3 (+ cache_share_flops, total_flops), 4 (+ lost_s;
-# tables claims and failures; unique row key). Older files are
+# tables claims and failures; unique row key), 5 (+ ranking_share_flops; tables resources and reads). Older files are
 # migrated in place by adding the missing columns.
 ROLES = ("teacher", "student")
 KEY_SQL = "experiment TEXT NOT NULL, config_hash TEXT, arm TEXT NOT NULL, seed INTEGER"
@@ -173,6 +180,10 @@ class ResultsStore:
                          "heartbeat REAL NOT NULL, PRIMARY KEY (experiment, config_hash, arm, seed))")
             conn.execute(f"CREATE TABLE IF NOT EXISTS failures (id INTEGER PRIMARY KEY, {KEY_SQL}, role TEXT, "
                          "error TEXT NOT NULL, at TEXT NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS resources (resource TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+                         "experiment TEXT, seconds REAL, flops INTEGER)")
+            conn.execute("CREATE TABLE IF NOT EXISTS reads (run_id INTEGER NOT NULL, resource TEXT NOT NULL, "
+                         "PRIMARY KEY (run_id, resource))")
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
             found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
@@ -205,9 +216,11 @@ class ResultsStore:
         conn.row_factory = sqlite3.Row
         return conn
 
-    def insert(self, row: dict[str, Any]) -> int | None:
+    def insert(self, row: dict[str, Any], reads: list[dict] = ()) -> int | None:
         """Add one run row (keys = column names, minus `id`), commit it, return its id; None (nothing written)
-        when a row with the same (experiment, config_hash, arm, seed) is already there."""
+        when a row with the same (experiment, config_hash, arm, seed) is already there. `reads`: the shared costs
+        the row read ({"resource", "kind", "experiment", "seconds", "flops"}), recorded in the same transaction
+        (then call `recharge` for each)."""
         unknown = sorted(set(row) - set(COLUMN_NAMES))
         if unknown:
             raise ValueError(f"unknown results column(s) {unknown}; known columns: {list(COLUMN_NAMES)}")
@@ -222,7 +235,42 @@ class ResultsStore:
                "ON CONFLICT DO NOTHING")
         with closing(self._connect()) as conn, conn:  # `with conn` commits: one transaction per row
             cur = conn.execute(sql, values)
-            return int(cur.lastrowid) if cur.rowcount else None
+            if not cur.rowcount:
+                return None
+            run_id = int(cur.lastrowid)
+            for r in reads:
+                conn.execute("INSERT OR IGNORE INTO resources VALUES (?, ?, ?, ?, ?)",
+                             (r["resource"], r["kind"], r["experiment"], r["seconds"], r["flops"]))
+                conn.execute("INSERT OR IGNORE INTO reads VALUES (?, ?)", (run_id, r["resource"]))
+            return run_id
+
+    def recharge(self, resource: str, charge: Callable[[dict, list[dict]], dict[int, dict]]) -> None:
+        """Recompute the shares of `resource`: `charge(resource row, its readers of the experiment it was made for,
+        by id)` -> {run id: column -> new value}, read and written in one IMMEDIATE transaction, so concurrent
+        readers joining never leave a stale share behind."""
+        with closing(self._connect()) as conn, conn:
+            conn.execute("BEGIN IMMEDIATE")
+            res = conn.execute("SELECT * FROM resources WHERE resource = ?", (resource,)).fetchone()
+            if res is None:
+                return
+            readers = [self._decode(r) for r in conn.execute(
+                "SELECT runs.* FROM runs JOIN reads ON reads.run_id = runs.id WHERE reads.resource = ? AND "
+                "runs.experiment IS ? ORDER BY runs.id", (resource, res["experiment"]))]
+            for run_id, cols in charge(dict(res), readers).items():
+                names = list(cols)
+                conn.execute(f"UPDATE runs SET {', '.join(f'{c} = ?' for c in names)} WHERE id = ?",
+                             [_to_sql(c, cols[c]) for c in names] + [run_id])
+
+    def reads(self) -> list[dict[str, Any]]:
+        """Every (row, shared cost) read, with the cost: run_id, resource, kind, experiment, seconds, flops."""
+        with closing(self._connect()) as conn:
+            return [dict(r) for r in conn.execute(
+                "SELECT reads.run_id, resources.* FROM reads JOIN resources USING (resource) ORDER BY run_id")]
+
+    def get(self, run_id: int) -> dict[str, Any] | None:
+        with closing(self._connect()) as conn:
+            r = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if r is None else self._decode(r)
 
     # ---------------------------------------------------------------- claims: one process per job at a time
 
