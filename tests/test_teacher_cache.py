@@ -213,10 +213,10 @@ def test_int8_teacher_is_refused_for_a_cnn():
         load_config(REPO / "tests/configs/tiny-cifar10.yaml", ["teacher.precision=int8"])
 
 
-def test_online_check_of_an_fp32_image_cache_is_bit_exact_and_charged_to_the_build(tmp_path, data_dir):
+def test_online_check_of_an_fp32_image_cache_is_bit_exact_and_measured_apart(tmp_path, data_dir):
     """After a build the cache is compared with the online teacher on the first 8 training batches, formed as
     training forms them (batch 64 here, the build's 256): fp32 images have no padding, so 0.0 exactly. Its seconds
-    and FLOPs (counted per sample, like the build's) are part of the build's."""
+    and FLOPs (counted per sample, like the build's) are recorded apart from the build's (a measurement)."""
     torch.manual_seed(0)
     teacher = create_model("resnet8", 10).eval()
     loader = _loader(data_dir, views=2, n=600)  # 10 training batches of 64
@@ -227,8 +227,8 @@ def test_online_check_of_an_fp32_image_cache_is_bit_exact_and_charged_to_the_bui
     check = info["online_check"]
     assert check["batches"] == 8 and check["samples"] == 512
     assert check["max_abs"] == 0.0 and check["mean_abs"] == 0.0 and check["agreement"] == 1.0
-    assert 0 < check["seconds"] < info["seconds"]
-    assert check["flops"] * 600 * 2 == (info["flops"] - check["flops"]) * 512  # same FLOPs per sample as the build
+    assert 0 < check["seconds"] < info["seconds"]  # measured apart: not charged to the build's readers
+    assert check["flops"] * 600 * 2 == info["flops"] * 512  # same FLOPs per sample as the build
 
 
 @pytest.fixture(scope="module")

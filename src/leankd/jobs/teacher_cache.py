@@ -140,7 +140,7 @@ def online_check(job, loader, reader, batches: int = CHECK_BATCHES) -> dict:
     each formed as training forms it (its samples, views and padding) and run as the online Distiller runs the
     teacher (job.teacher_autocast, no autograd, then .float()); the cached logits are read for the same keys
     through CachedTeacher. Returns max and mean |online - cached| over the logits, top-1 agreement (None for a
-    single output: regression), and the check's own seconds and FLOPs (counted as the build's)."""
+    single output: regression), and the check's own seconds and FLOPs (recorded apart: not charged)."""
     cached, shapes, diffs, agree = CachedTeacher(reader, job.device), {}, [], []
     sync(job.device)
     t0 = time.perf_counter()
@@ -162,17 +162,16 @@ def online_check(job, loader, reader, batches: int = CHECK_BATCHES) -> dict:
 
 
 def _describe(writer, job, cost: dict, samples: int, views: int, batch_size: int, check) -> None:
-    """The manifest's info. Seconds and FLOPs cover the teacher passes and the online check (both are what the
-    cache costs); `check` is online_check()'s dict, or why there is none."""
-    if isinstance(check, dict):
-        cost = {"seconds": cost["seconds"] + check["seconds"], "flops": cost["flops"] + check["flops"]}
+    """The manifest's info. Seconds and FLOPs are the teacher passes that build the cache; the online check is a
+    measurement of it (like FLOP counting or latency, not charged to any row): its own seconds and FLOPs stay in
+    `online_check`, so a one-process and a data parallel build cost the same. `check` is online_check()'s dict, or
+    why there is none."""
     writer.info.update(**cost, experiment=job.cfg.name, samples=samples, views=views, batch_size=batch_size,
                        precision=job.teacher_precision, device=str(job.device),
                        world_size=getattr(job, "world", dist.World()).size, online_check=check,
-                       flops_note="teacher forwards (build and online check); the attention maps' channel means "
-                                  "are not counted")
-    log.info("teacher cache: %d samples x %d view(s) in %.1f s, %.3g FLOP (online check included)", samples, views,
-             cost["seconds"], cost["flops"])
+                       flops_note="teacher forwards of the build; the attention maps' channel means are not counted")
+    log.info("teacher cache: %d samples x %d view(s) in %.1f s, %.3g FLOP", samples, views, cost["seconds"],
+             cost["flops"])
     if isinstance(check, dict):
         log.info("teacher cache vs online teacher on %d training batches: max |Δlogit| %.3g, mean %.3g, "
                  "agreement %s (%d samples, %.1f s)", check["batches"], check["max_abs"], check["mean_abs"],
