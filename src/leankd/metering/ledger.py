@@ -115,8 +115,8 @@ def recharge(resource: dict, readers: list[dict]) -> dict[int, dict]:
     what, s_col, f_col = SHARED[resource["kind"]]
     n, seconds = len(readers), resource["seconds"] or 0.0
     base, rest = divmod(int(resource["flops"] or 0), max(n, 1))
-    rule = (f"{what} {seconds:.1f} s, {resource['flops'] or 0} FLOP / {n} row(s) of experiment "
-            f"'{resource['experiment']}' that read it (recomputed as readers join)")
+    rule = (f"{what} {seconds:.1f} s, {resource['flops'] or 0} FLOP / {n} job(s) of this experiment that read it "
+            f"('{resource['experiment']}'; recomputed as readers join)")
     out = {}
     for i, r in enumerate(readers):
         cols = {s_col: seconds / n, f_col: base + (i < rest)}
