@@ -23,9 +23,10 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
                         f"(expected layout: {LAYOUT})")
     path = Path(raw).expanduser()
     if not path.is_dir():
-        raise DataError(f"data error: data directory '{path}' does not exist; pass --data-dir DIR or set "
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise DataError(f"data error: data directory '{path}' {what}; pass --data-dir DIR or set "
                         "LEANKD_DATA_DIR to the folder holding cifar10/ and glue/")
-    return path
+    return path.resolve()  # absolute once, here: child jobs may run from another working directory
 
 
 def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
