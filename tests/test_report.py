@@ -199,8 +199,10 @@ def test_json_and_write_report(tmp_path: Path):
     rows = _rows() + [_row(6, "plain", 0, 0.5, 1.0, 0.0, 1.0, experiment="second")]
     out = tmp_path / "report"
     text = write_report(rows, out)
-    assert (out / "report.md").read_text() == text
-    assert "## tiny" in text and "## second" in text
+    md = (out / "report.md").read_text()
+    headlines, ledgers = md.split("\n# Full ledger\n")
+    assert text.startswith(headlines) and text.endswith(f"section Full ledger; page: {out / 'report.html'}\n")
+    assert "## tiny" in text and "## second" in text and "## Full ledger: tiny" in ledgers
     assert set(json.loads((out / "report.json").read_text())) == {"tiny", "second"}
     only = write_report(rows, out, experiment="second")
     assert "## tiny" not in only

@@ -1,7 +1,8 @@
 """The report's headline (significance, compute-matched comparison, Pareto front) and its HTML page, opened in
-headless Chromium (Python playwright, the system's /usr/bin/chromium; never `playwright install`).
+headless Chromium (Python playwright, the system's Chromium found by leankd.report.screenshot.find_browser; never
+`playwright install`): at a phone's and a desktop's width, with 14 crowded arms, no text may overlap.
 
-The browser test skips only when /usr/bin/chromium is missing and $CI is unset; in CI it fails instead.
+The browser tests skip only when no Chromium is found and $CI is unset; in CI they fail instead.
 `screenshot(html, png)` is the same launch, for docs: `python -m leankd.report.screenshot REPORT.html OUT.png`.
 """
 from __future__ import annotations
@@ -35,7 +36,6 @@ from leankd.report.table import summarise, write_report
 from leankd.results.store import ResultsStore
 
 EXP, TEACHER_KEY = "cifar-synthetic", "dc095d5be831"
-CHROMIUM = Path("/usr/bin/chromium")
 # accuracy per seed, (train_s, cache_share_s), total FLOPs: realistic for ResNet-20 -> ResNet-8, 2 epochs, CPU
 ARMS = {
     "plain": ([0.6210, 0.6260, 0.6190], (94.0, 0.0), 7.41e12),
@@ -71,6 +71,43 @@ def synthetic_rows(ranking_path: str | None = None) -> list[dict]:
         if arm == "plain_matched":
             extra = {"budget": {"match": "kd", "by": "flops", "target": 7.80e12, "epochs": 2.1}}
         rows += [_row(arm, seed, acc, train_s + seed, share_s, flops, **extra) for seed, acc in enumerate(accs)]
+    return rows
+
+
+# The SST-2 findings' arms (docs/findings/sst2-minilm6-3l.md): 14 arms whose accuracy and cost nearly coincide, so
+# that labels placed without care pile up. arm: accuracy mean, std (%), total_s mean, std, total TFLOPs, peak MiB,
+# infer ms p50, distilled teacher layers
+FINDINGS = """
+teacher 82.11 0 44.1 0 4.51 1980 461 -
+plain 79.17 .57 21.6 .3 2.25 1466 234 -
+kd 78.94 .26 23.8 1.1 2.50 1401 220 -
+skip 79.43 .40 44.8 4.0 3.80 1942 243 1,3,5
+last 79.17 .18 45.3 2.4 3.80 1902 241 3,4,5
+auto 79.20 .37 49.0 2.2 3.80 1912 236 0,3,5
+random0 79.20 .37 45.3 2.2 3.80 1841 230 0,3,5
+random1 79.32 .07 43.4 1.7 3.80 1871 232 0,1,4
+random2 79.24 .30 46.4 3.3 3.80 1868 233 0,4,5
+features 79.32 .78 37.9 .7 3.28 1883 237 1,3
+kd_fp32 78.82 .37 38.9 1.1 2.50 1088 388 -
+kd_online 78.82 .26 34.4 1.4 3.75 1509 221 -
+plain_at_kd 79.89 .07 25.0 .7 2.58 1452 236 -
+plain_at_auto 80.81 .18 36.8 1.4 3.82 1483 217 -
+"""
+
+
+def findings_rows(experiment: str = "findings-like") -> list[dict]:
+    """Three seeds per arm (mean - std, mean, mean + std) of the FINDINGS table, one seed for the teacher."""
+    rows = []
+    for line in FINDINGS.split("\n")[1:-1]:
+        arm, acc, sd, secs, secs_sd, tflops, mem, infer, layers = line.split()
+        extra = {"teacher_layers": [int(i) for i in layers.split(",")]} if layers != "-" else {}
+        if arm.startswith("plain_at_"):
+            extra["budget"] = {"match": arm[9:], "by": "flops", "target": float(tflops) * 1e12, "epochs": 1.4}
+        for seed, d in enumerate([0] if arm == "teacher" else [-1, 0, 1]):
+            row = _row(arm, seed, (float(acc) + d * float(sd)) / 100, float(secs) + d * float(secs_sd), 0.0,
+                       float(tflops) * 1e12, **extra)
+            rows.append(row | {"experiment": experiment, "peak_mem_mb": float(mem) + 10 * d,
+                               "infer_ms_p50": float(infer) + d, "infer_ms_p90": float(infer) * 1.1 + d})
     return rows
 
 
@@ -191,10 +228,21 @@ def test_pareto_front():
     assert pareto_front([(5.0, 0.5)]) == [0]
 
 
-def test_markdown_has_headline_above_full_ledger(tmp_path: Path):
+def _table_widths(markdown: str) -> list[int]:
+    return [len(re.split(r"(?<!\\)\|", ln.strip())) - 2 for ln in markdown.splitlines() if ln.startswith("| ")]
+
+
+def test_markdown_headline_first_and_the_full_ledger_linked(tmp_path: Path):
+    """The terminal (what write_report returns) shows the headline, at most 10 columns, and says where the full
+    ledger is; report.md has the headline first, linked to the full ledger (every figure) in its own section."""
     text = write_report(synthetic_rows(), tmp_path)
-    head, ledger = text.index("**Headline**"), text.index("**Full ledger**")
-    assert head < ledger < text.index("| arm | n | teacher layers")
+    md = (tmp_path / "report.md").read_text()
+    assert max(_table_widths(text)) <= 10 and "| arm | n | teacher layers" not in text
+    assert f"Full ledger (every figure): {tmp_path / 'report.md'}, section Full ledger" in text
+    link = f"[Full ledger: {EXP}](#full-ledger-{EXP})"
+    assert md.index("**Headline**") < md.index(link) < md.index("\n# Full ledger\n") < \
+        md.index(f"\n## Full ledger: {EXP}\n") < md.index("| arm | n | teacher layers")
+    assert max(_table_widths(md)) > 20  # the full ledger: every figure
     header = next(ln for ln in text.splitlines() if ln.startswith("| arm | n | accuracy (%)"))
     assert header == ("| arm | n | accuracy (%) | Δ vs plain (points) | 95% CI | p (paired, n) | total_s ×plain | "
                       "FLOPs ×plain | peak mem (MiB) | infer ms p50 @bs=128 |")
@@ -202,7 +250,7 @@ def test_markdown_has_headline_above_full_ledger(tmp_path: Path):
     assert "| auto | 3 | 62.30 ± 0.46 | +0.10 | [-1.93, +2.13] | n.s. (p=0.85, n=3) |" in text
     assert "- kd vs plain at kd's FLOPs: +1.17 points, 95% CI [-0.20, +2.53]: n.s. (p=0.067, n=3)" in text
     assert "paired t-test" in text and "p < 0.05 with n ≥ 3" in text  # the legend
-    assert "nan" not in text[head:ledger]
+    assert "nan" not in text
     assert (tmp_path / "report.html").is_file()
 
 
@@ -224,14 +272,59 @@ def test_page_colours_a_loss_red_never_green():
     assert "paired t-test" in LEGEND
 
 
+def test_labels_of_coinciding_points_never_touch():
+    """Twelve labels for one spot, beside an error bar: each lands in a free place inside the axes (measured with
+    matplotlib's renderer); when the axes cannot hold them all, nothing is drawn and the caller is told."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    from leankd.report.labels import place
+
+    fig = Figure(figsize=(5.4, 4.0))
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    ax = fig.add_subplot(xlim=(0, 10), ylim=(0, 10))
+    fig.draw_without_rendering()
+    (x, y), (_, top) = ax.transData.transform([(5, 5), (5, 8)])
+    bar = Bbox([[x - 3, 2 * y - top], [x + 3, top]])  # an error bar from 2 to 8 through the point
+    made = place(ax, [(5.0, 5.0, f"random{i}", "k") for i in range(12)], [bar], gap_px=8)
+    fig.draw_without_rendering()  # puts each label where it was placed
+    boxes = [Text.get_window_extent(a, renderer) for a in made]  # the text alone, not its leader line
+    assert [a.get_text() for a in made] == [f"random{i}" for i in range(12)]
+    assert not [(i, k) for i, a in enumerate(boxes) for k, b in enumerate(boxes[i + 1:], i + 1) if a.overlaps(b)]
+    assert not any(b.overlaps(bar) for b in boxes)
+    area = ax.get_window_extent(renderer)
+    assert all(area.x0 <= b.x0 and b.x1 <= area.x1 and area.y0 <= b.y0 and b.y1 <= area.y1 for b in boxes)
+    assert sum(a.arrow_patch is not None for a in made) >= 4  # far ones are tied to their point by a line
+    for a in made:
+        a.remove()
+    assert place(ax, [(5.0, 5.0, "a much longer label " * 3, "k")] * 60, [], gap_px=8) is None and not ax.texts
+
+
+def test_off_scale_teacher_is_named_in_the_legend_outside_the_axes():
+    from leankd.report.plots import cost_quality
+
+    lines = headline(summarise(synthetic_rows()))["lines"]  # the teacher: 961 s against the students' ~100 s
+    svg = cost_quality(lines, "total_s", "total_s", "accuracy (%)", "s")
+    legend = svg[svg.index('<g id="legend_1">'):]
+    assert "teacher (off scale): 81.17, 961 s" in legend and "Pareto front (students)" in legend
+    assert svg.index('<g id="legend_1">') > svg.rindex('<g id="axes_1">')  # a figure legend, not in the axes
+    assert all(f">{arm}</text>" in svg for arm in ARMS)
+
+
 # ---- the page in a browser -----------------------------------------------------------------------
 
 def _sync_api():
     """playwright's sync API, or a skip when there is no Chromium outside CI (in CI a missing one fails)."""
-    if not CHROMIUM.is_file():
+    from leankd.report.screenshot import ScreenshotError, find_browser
+
+    try:
+        find_browser()
+    except ScreenshotError as e:
         if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing in CI: install the Debian package chromium (.ci/run does)")
-        pytest.skip(f"{CHROMIUM} missing (CI installs it; here: apt-get install chromium)")
+            pytest.fail(f"{e} (CI installs the Debian package chromium: .ci/run)")
+        pytest.skip(str(e))
     from playwright import sync_api
     return sync_api
 
@@ -279,7 +372,7 @@ def test_page_in_chromium(page_file: Path):
             box = svg.bounding_box()
             assert box and box["width"] > 200 and box["height"] > 100, titles[i]
             assert box["y"] >= 0 and box["y"] + 10 <= page.viewport_size["height"], titles[i]  # in view
-            assert svg.locator("path").count() > 20, titles[i]
+            assert svg.locator("path").count() > 10 and svg.locator("text").count() > 5, titles[i]  # marks, words
         energy = figures.nth(5)
         assert energy.locator("svg").count() == 0 and "unavailable (energy_source: unavailable" in energy.inner_text()
         assert "loss diverged at step 412" in page.locator("ul.failures").inner_text()
@@ -291,3 +384,109 @@ def test_page_in_chromium(page_file: Path):
         assert "total_flops" in ledger.locator("thead").inner_text()
         browser.close()
     assert left == []
+
+
+# ---- the page on a phone and on a desktop: no page overflow, no text on text, no label on a point -----------------
+
+_BOXES_JS = """() => [...document.querySelectorAll('figure.plot svg')].map(svg => {
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const marks = 'g[id^="axes"] > g[id^="line2d"] use, g[id^="axes"] > g[id^="LineCollection"] path, ' +
+                'g[id^="axes"] > g[id^="PathCollection"] use';
+  return {texts: [...svg.querySelectorAll('text')].filter(t => t.textContent.trim())
+                    .map(t => [t.textContent, ...box(t), t.closest('g[id^="legend"]') !== null]),
+          marks: [...svg.querySelectorAll(marks)].map(box)};
+})"""
+
+
+def _overlap(a: list[float], b: list[float], tol: float) -> bool:
+    """Two [left, top, right, bottom] boxes share more than `tol` CSS pixels both across and down."""
+    return min(a[2], b[2]) - max(a[0], b[0]) > tol and min(a[3], b[3]) - max(a[1], b[1]) > tol
+
+
+@pytest.fixture()
+def crowded_page(tmp_path: Path) -> Path:
+    store = ResultsStore(tmp_path / "results.db")
+    for r in findings_rows():
+        store.insert(r)
+    write_report(store.rows(), tmp_path)
+    return tmp_path / "report.html"
+
+
+def _check_layout(page, width: int) -> list[dict]:
+    """The page at `width` CSS pixels: no horizontal page overflow, tables scrolling in their own boxes, inline code
+    in the ledger's legend; returns each figure's text and mark boxes."""
+    page.set_viewport_size({"width": width, "height": 900})
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, width
+    for table in ("table.headline", "table.ledger"):
+        box = page.locator(f"div.scroll:has({table})")
+        assert box.evaluate("e => getComputedStyle(e).overflowX") == "auto"
+        assert box.bounding_box()["x"] + box.bounding_box()["width"] <= width, (width, table)
+    if width >= 1400:  # a desktop shows the whole headline, its last column included, without scrolling
+        assert page.locator("div.scroll:has(table.headline)").evaluate("e => e.scrollWidth <= e.clientWidth")
+    legend = page.locator("details p.legend")
+    assert legend.locator("code").count() >= 2 and "`" not in legend.inner_text()
+    return page.evaluate(_BOXES_JS)
+
+
+def test_page_fits_any_screen_and_no_text_collides(crowded_page: Path):
+    """At 390 px (a phone) and 1400 px: no horizontal page overflow, and in every figure no two texts (tick labels
+    included) overlap and no text lies on a marker or an error bar, with 14 arms of near-equal quality and cost."""
+    from leankd.report.screenshot import launch
+
+    sync_api = _sync_api()
+    arms = [ln.split()[0] for ln in FINDINGS.split("\n")[1:-1]]
+    with sync_api.sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(crowded_page.as_uri())
+        page.locator("details summary").click()  # the full ledger open too: it must scroll in its own box
+        by_width = {width: _check_layout(page, width) for width in (390, 1400)}
+        browser.close()
+    for width, svgs in by_width.items():
+        assert len(svgs) == 4  # seconds, FLOPs, latency, memory (no ranking; energy unavailable)
+        for i, svg in enumerate(svgs[:2]):  # both cost plots name every arm, once, in the axes
+            assert sorted(t[0] for t in svg["texts"] if t[0] in arms and not t[5]) == sorted(arms), (width, i)
+            assert len(svg["marks"]) > 3 * len(arms), (width, i)  # markers, error bars and caps were found
+        for i, svg in enumerate(svgs):
+            texts = svg["texts"]
+            assert len(texts) > 8, (width, i)
+            hits = [(a[0], b[0]) for k, a in enumerate(texts) for b in texts[k + 1:] if _overlap(a[1:5], b[1:5], 0.5)]
+            assert not hits, (width, i, hits)
+            on_marks = [t[0] for t in texts for m in svg["marks"] if _overlap(t[1:5], m, 0.5)]
+            assert not on_marks, (width, i, on_marks)
+
+
+def test_screenshot_finds_a_browser_or_says_how_to_pass_one(tmp_path: Path, monkeypatch, capsys):
+    from leankd.report import screenshot as shot
+
+    chrome = tmp_path / "google-chrome"
+    chrome.write_text("#!/bin/sh\n")
+    chrome.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(shot, "CHROMIUM", str(tmp_path / "chromium-not-here"))
+    assert shot.find_browser() == str(chrome)  # no chromium on PATH: the next name tried
+    assert shot.find_browser(str(chrome)) == shot.find_browser("google-chrome") == str(chrome)
+    chrome.unlink()
+    with pytest.raises(shot.ScreenshotError) as none:
+        shot.find_browser()
+    assert "\n" not in str(none.value) and "--browser PATH" in str(none.value)
+    assert all(name in str(none.value) for name in (*shot.BROWSERS, shot.CHROMIUM))
+    for argv, says in (([], "--browser PATH"), (["--browser", str(chrome)], f"--browser {chrome}: not an executable")):
+        with pytest.raises(SystemExit) as exit_:
+            shot.main([str(tmp_path / "report.html"), str(tmp_path / "report.png"), *argv])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and "\n" not in err and says in err
+    assert not (tmp_path / "report.png").exists()
+
+
+def test_screenshot_with_browser_flag(tmp_path: Path, monkeypatch):
+    from leankd.report import screenshot as shot
+
+    _sync_api()
+    browser = shot.find_browser()
+    monkeypatch.setenv("PATH", "")  # nothing to find: only --browser can say where it is
+    monkeypatch.setattr(shot, "CHROMIUM", str(tmp_path / "chromium-not-here"))
+    (tmp_path / "page.html").write_text("<!DOCTYPE html><title>t</title><p>leankd</p>", encoding="utf-8")
+    shot.main([str(tmp_path / "page.html"), str(tmp_path / "page.png"), "--width", "390", "--viewport",
+               "--browser", browser])
+    assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

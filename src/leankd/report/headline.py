@@ -229,5 +229,5 @@ def headline_markdown(head: dict) -> str:
     lines = ["**Headline**", "", "| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(ln).replace("|", "\\|") for _, cell in cols) + " |" for ln in head["lines"]]
     lines += [""] + [f"- {c['text']}" for c in head["comparisons"]]
-    lines += ([""] if head["comparisons"] else []) + [LEGEND, "", "**Full ledger**", ""]
+    lines += ([""] if head["comparisons"] else []) + [LEGEND, ""]
     return "\n".join(lines)

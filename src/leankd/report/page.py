@@ -29,15 +29,21 @@ CSS = """
 body { margin: 0; color: var(--ink); background: #fff; line-height: 1.5;
        font: 15px/1.5 -apple-system, "Segoe UI", "Helvetica Neue", Helvetica, Arial, sans-serif; }
 main { max-width: 1280px; margin: 0 auto; padding: 28px 32px 64px; }
+@media (max-width: 640px) { main { padding: 16px 12px 40px; } h1 { font-size: 1.35rem; } }
 h1 { font-size: 1.6rem; margin: 0 0 4px; letter-spacing: -0.01em; }
 h2 { font-size: 1.25rem; margin: 44px 0 4px; padding-top: 12px; border-top: 2px solid var(--ink); }
 h3 { font-size: 0.95rem; margin: 24px 0 8px; text-transform: uppercase; letter-spacing: 0.04em; color: var(--muted); }
 p.meta, p.note, figcaption, .legend { color: var(--muted); font-size: 0.85rem; }
+p, li, figcaption { overflow-wrap: anywhere; }  /* long names and paths wrap instead of widening the page */
+code { font: 0.92em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--band);
+       padding: 0 3px; border-radius: 3px; }
 .legend { max-width: 70em; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }  /* a wide table scrolls in its own box, never the page */
 table { border-collapse: collapse; font-size: 0.85rem; font-variant-numeric: tabular-nums; margin: 4px 0 8px; }
 th, td { padding: 4px 10px; border-bottom: 1px solid var(--rule); white-space: nowrap; }
-th { text-align: right; font-weight: 600; border-bottom: 1.5px solid var(--ink); vertical-align: bottom; }
+th { text-align: right; font-weight: 600; border-bottom: 1.5px solid var(--ink); vertical-align: bottom;
+     white-space: normal; }
+td:first-child { white-space: normal; min-width: 9em; }  /* "plain_at_kd (plain at kd's FLOPs)" wraps */
 th:first-child, td:first-child { text-align: left; }
 td.num { text-align: right; }
 tbody tr:nth-child(even) { background: var(--band); }
@@ -46,9 +52,11 @@ tr.teacher td { color: var(--muted); }
 .ns { color: var(--muted); }
 ul.compare { padding-left: 1.2em; margin: 6px 0; } ul.compare li { margin: 2px 0; }
 details { margin: 10px 0 4px; } summary { cursor: pointer; font-weight: 600; color: var(--accent); }
-.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 18px 28px; }
-figure { margin: 0; padding: 12px 14px; border: 1px solid var(--rule); border-radius: 6px; background: #fff; }
-figure svg { width: 100%; height: auto; display: block; }
+.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(460px, 100%), 1fr)); gap: 18px 28px; }
+figure { margin: 0; padding: 12px 14px; border: 1px solid var(--rule); border-radius: 6px; background: #fff;
+         min-width: 0; }
+/* matplotlib writes a viewBox: the figure scales to its box, up to twice its drawn size */
+figure svg { width: 100%; max-width: 780px; height: auto; display: block; margin: 0 auto; }
 figcaption b { color: var(--ink); }
 .failures li { color: var(--accent); }
 """
@@ -62,6 +70,12 @@ def ledger_html(markdown: str) -> str:
     body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in cells[1:])
     return (f'<div class="scroll"><table class="ledger"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
+
+
+def prose(markdown: str) -> str:
+    """A line of the Markdown report's prose as HTML: escaped, with `inline code` as <code> (the only markup the
+    legends use), never raw backticks."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(markdown))
 
 
 def _td(text: str, extra: str = "") -> str:
@@ -88,7 +102,7 @@ def headline_html(head: dict) -> str:
              f'<tbody>{"".join(body)}</tbody></table></div>')
     compare = "".join(f'<li class="{_direction_class(c)}">{html.escape(c["text"])}</li>' for c in head["comparisons"])
     return table + (f'<ul class="compare">{compare}</ul>' if compare else "") + \
-        f'<p class="legend">{html.escape(LEGEND)}</p>'
+        f'<p class="legend">{prose(LEGEND)}</p>'
 
 
 def find_ranking(rows: list[dict], out_dir: Path) -> tuple[dict, Path] | None:
@@ -173,14 +187,14 @@ def section(name: str, summary: list[dict], rows: list[dict], out_dir: Path) -> 
         f'<p class="meta">{html.escape(where)}; quality: {html.escape(str(head["metric"]))}; seeds {seeds}</p>',
         "<h3>Headline</h3>", headline_html(head),
         "<details><summary>Full ledger (every figure, every arm and config)</summary>",
-        f"{ledger_html(ledger)}<p class=\"legend\">{html.escape(_LEGEND)}</p></details>",
+        f'{ledger_html(ledger)}<p class="legend">{prose(_LEGEND)}</p></details>',
         "<h3>Figures</h3>", _plots(head, rows, out_dir), "</section>"])
 
 
 def failures_html(failures: list[dict]) -> str:
     if not failures:
         return ""
-    items = "".join("<li>" + html.escape(f"{f['experiment']}: {f['arm']} seed {f['seed']}: {f['error']}") + "</li>"
+    items = "".join("<li>" + prose(f"{f['experiment']}: {f['arm']} seed {f['seed']}: {f['error']}") + "</li>"
                     for f in failures)
     return f'<section><h2>Failed jobs</h2><p class="note">No row; rerunning the same command tries them again.</p>' \
            f'<ul class="failures">{items}</ul></section>'

@@ -1,36 +1,67 @@
-"""The report page's figures, as inline SVG strings (matplotlib's SVG backend, no pyplot state; text is drawn
-as paths, so the page needs no font files).
+"""The report page's figures, as inline SVG strings (matplotlib's SVG backend, no pyplot state). Text stays text
+(`<text>` elements in the page's sans-serif font, DejaVu Sans where installed): it scales with the figure, can be
+selected, and the page's browser test can check that no two labels touch.
 
     svg = cost_quality(head["lines"], "total_s", "total seconds (training + shared costs)", "accuracy (%)")
 
 Every function takes the headline lines of leankd.report.headline (seed means and stds) and returns None when
-there is nothing measured to draw. A figure that is unavailable is never drawn as zero.
+there is nothing measured to draw. A figure that is unavailable is never drawn as zero. Point labels are placed by
+leankd.report.labels (free spots measured with matplotlib's renderer); legends sit outside the axes.
 """
 from __future__ import annotations
 
 import io
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from leankd.report.headline import pareto_front
+from leankd.report.labels import PAD, place, segment_boxes
 
 TEACHER, PLAIN, MATCHED, DISTILLED, FRONT = "#4d4d4d", "#3b6ea8", "#8fb3d9", "#dd7f3c", "#b8323a"
 _RC = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 10,
        "axes.titleweight": "bold", "axes.grid": True, "grid.color": "#e4e4e4", "grid.linewidth": 0.6,
-       "svg.fonttype": "path"}
+       "svg.fonttype": "none", "font.family": "sans-serif",
+       "font.sans-serif": ["DejaVu Sans", "Verdana", "Arial", "Helvetica"]}  # the SVG names these, in this order
 
 
 def _figure(width: float, height: float) -> Figure:
     import matplotlib
 
     matplotlib.rcParams.update(_RC)  # style only; Figure() does not touch pyplot or the global backend
-    return Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure text with (labels, ticks); the SVG is still drawn by savefig
+    return fig
 
 
-def to_svg(fig: Figure) -> str:
-    """The figure as an `<svg>` element (the XML prolog and doctype dropped, for inlining in HTML)."""
+def fit_ticks(fig: Figure) -> None:
+    """Fewer x ticks on any axes whose tick labels would touch (long labels such as "2.50 TFLOP" on a narrow
+    panel): a linear axis gets one bin less until they fit, a log axis keeps its decades only. Leaves the figure
+    drawn (laid out) as it will be saved."""
+    from matplotlib.ticker import LogLocator, MaxNLocator
+
+    for _ in range(6):
+        fig.draw_without_rendering()
+        crowded = False
+        for ax in fig.axes:
+            low, high = sorted(ax.get_xlim())
+            boxes = sorted((t.get_window_extent() for loc, t in zip(ax.get_xticks(), ax.get_xticklabels())
+                            if low <= loc <= high and t.get_text()), key=lambda b: b.x0)
+            if any(a.x1 + 2 * PAD > b.x0 for a, b in zip(boxes, boxes[1:])):
+                crowded = True
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0,)) if ax.get_xscale() == "log"
+                                           else MaxNLocator(nbins=max(len(boxes) - 2, 1)))
+        if not crowded:
+            return
+
+
+def to_svg(fig: Figure, fit: bool = True) -> str:
+    """The figure as an `<svg>` element (the XML prolog and doctype dropped, for inlining in HTML; no date, so the
+    same figure gives the same text); `fit`: thin out crowded ticks first (fit_ticks)."""
+    if fit:
+        fit_ticks(fig)
     buf = io.StringIO()
-    fig.savefig(buf, format="svg")
+    fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
     return text[text.index("<svg"):]
 
@@ -45,24 +76,9 @@ def _err(stat: dict) -> float | None:
     return stat["std"] if stat["n"] > 1 and stat["std"] > 0 else None
 
 
-def _label_offsets(ax, pts: list[tuple[float, float, str]]) -> list[float]:
-    """Vertical offsets (points) for the point labels so that no two overlap: a label that would sit on an
-    earlier one (near in x and y, in display pixels) moves down a line."""
-    placed: list[tuple[float, float, float]] = []  # display x0, x1, y of labels placed
-    offsets = []
-    for x, y, text in pts:
-        dx, dy = ax.transData.transform((x, y))
-        off = 0.0
-        while any(abs(dy + off - py) < 10 and dx < x1 and dx + 5.5 * len(text) > x0 for x0, x1, py in placed):
-            off -= 10.0
-        placed.append((dx, dx + 5.5 * len(text), dy + off))
-        offsets.append(off)
-    return offsets
-
-
 def _off_scale(pts: list[dict], cost: str) -> set[int]:
     """Teachers far from the students (in quality or in cost) are left off the axes, which then fit the students'
-    differences; the figure names them in a note with their true values. Returns the ids of such lines."""
+    differences; the figure's legend names them with their true values. Returns the ids of such lines."""
     students = [ln for ln in pts if ln["role"] != "teacher"]
     if not students:
         return set()
@@ -85,48 +101,94 @@ def _cost_axis(ax, xs: list[float], unit: str) -> None:
     ax.xaxis.set_major_formatter(EngFormatter(unit=unit, places=None if ax.get_xscale() == "linear" else 0, sep=" "))
 
 
+def _legend(fig, shown: list[dict], front: list[dict], notes: list[str]) -> None:
+    """A legend of what the colours and markers mean, below the axes (outside them, so it never covers a point);
+    a teacher left off the axes is named there with its true values."""
+    from matplotlib.lines import Line2D
+
+    roles = {TEACHER: "teacher", PLAIN: "plain", DISTILLED: "distilled", MATCHED: "plain at a matched budget"}
+    present = {_colour(ln) for ln in shown}
+    handles = [Line2D([], [], ls="none", marker="D" if c == TEACHER else "o", color=c, ms=6, label=name)
+               for c, name in roles.items() if c in present]
+    if front:
+        handles.append(Line2D([], [], color=FRONT, ls="--", lw=1.2, marker="o", ms=10, mfc="none", mew=1.4,
+                              label="Pareto front (students)"))
+    handles += [Line2D([], [], ls="none", marker="D", color=TEACHER, ms=6, label=note) for note in notes]
+    legend = fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8,
+                        frameon=False, handletextpad=0.4, columnspacing=1.2)
+    for ncols in range(min(len(handles), 3) - 1, 0, -1):  # fewer columns until it fits the figure's width
+        if legend.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width - 2 * PAD:
+            break
+        legend.set_ncols(ncols)
+
+
+def _obstacles(ax, bars: list, front_xy: list[tuple[float, float]], shown_xy: list[tuple[float, float]]) -> list:
+    """Display-pixel boxes a label must not touch: every marker (a front point's ring is larger), every error bar
+    with its caps, and the Pareto front's step line."""
+    from matplotlib.transforms import Bbox
+
+    px = ax.figure.dpi / 72.0
+    to_px = ax.transData.transform
+    boxes = [Bbox.from_bounds(x - r, y - r, 2 * r, 2 * r) for (x, y), r in
+             [(to_px(p), 4.5 * px) for p in shown_xy] + [(to_px(p), 7.5 * px) for p in front_xy]]
+    for bar in bars:
+        for coll in bar.lines[2]:
+            for seg in coll.get_segments():
+                boxes += segment_boxes(to_px(seg), 3 * px)  # 3 pt: the caps' half width, and a margin
+    if len(front_xy) > 1:
+        xy = [xy for a, b in zip(front_xy, front_xy[1:]) for xy in (a, (b[0], a[1]))] + [front_xy[-1]]
+        boxes += segment_boxes(to_px(xy), 1.5 * px)
+    return boxes
+
+
 def cost_quality(lines: list[dict], cost: str, xlabel: str, ylabel: str, unit: str = "") -> str | None:
-    """Quality against `cost` ("total_s" or "total_flops"): a point per arm at its seed mean, std error bars,
-    and the Pareto front (higher quality, lower cost) of the student arms as a step line through ringed points."""
+    """Quality against `cost` ("total_s" or "total_flops"): a point per arm at its seed mean, std error bars, the
+    Pareto front (higher quality, lower cost) of the student arms as a step line through ringed points, each point
+    named by a label that touches no other text, point or error bar (leankd.report.labels)."""
     from matplotlib.ticker import EngFormatter
 
     pts = [ln for ln in lines if ln["quality"] is not None and ln[cost] is not None]
     if not pts:
         return None
-    fig = _figure(5.4, 3.7)
+    fig = _figure(5.4, 4.0)
     ax = fig.add_subplot()
     off = _off_scale(pts, cost)
     shown = [ln for ln in pts if id(ln) not in off]
     students = [ln for ln in pts if ln["role"] != "teacher"]
     front = [students[i] for i in pareto_front([(ln[cost]["mean"], ln["quality"]["mean"]) for ln in students])]
-    _cost_axis(ax, [ln[cost]["mean"] for ln in shown], unit)
-    ax.margins(x=0.12)
-    for ln in shown:
-        ax.errorbar(ln[cost]["mean"], ln["quality"]["mean"], xerr=_err(ln[cost]), yerr=_err(ln["quality"]),
-                    fmt="D" if ln["role"] == "teacher" else "o", color=_colour(ln), ms=6, capsize=2, elinewidth=0.9,
-                    zorder=3)
+    xy = {id(ln): (ln[cost]["mean"], ln["quality"]["mean"]) for ln in pts}
+    _cost_axis(ax, [xy[id(ln)][0] for ln in shown], unit)
+    ax.margins(x=0.15, y=0.12)
+    bars = [ax.errorbar(*xy[id(ln)], xerr=_err(ln[cost]), yerr=_err(ln["quality"]), fmt="D" if ln["role"] == "teacher"
+                        else "o", color=_colour(ln), ms=6, capsize=2, elinewidth=0.9, zorder=3) for ln in shown]
     if len(front) > 1:
-        ax.step([ln[cost]["mean"] for ln in front], [ln["quality"]["mean"] for ln in front], where="post",
-                color=FRONT, lw=1.2, ls="--", zorder=2, label="Pareto front (students)")
+        ax.step(*zip(*[xy[id(ln)] for ln in front]), where="post", color=FRONT, lw=1.2, ls="--", zorder=2)
     if front:
-        ax.scatter([ln[cost]["mean"] for ln in front], [ln["quality"]["mean"] for ln in front], s=140,
-                   facecolors="none", edgecolors=FRONT, linewidths=1.4, zorder=4,
-                   label=None if len(front) > 1 else "Pareto front (students)")
-    placed = [(ln[cost]["mean"], ln["quality"]["mean"], ln["arm"]) for ln in shown]
-    order = sorted(range(len(shown)), key=lambda i: -placed[i][1])
-    for i, dy in zip(order, _label_offsets(ax, [placed[i] for i in order])):
-        ax.annotate(placed[i][2], placed[i][:2], xytext=(7, dy), textcoords="offset points", fontsize=8,
-                    color=_colour(shown[i]), va="center", annotation_clip=False)
-    fmt = EngFormatter(unit=unit, places=3, sep=" ")
-    notes = [f"{ln['arm']} (off scale): {ln['quality']['mean']:.2f}, {fmt(ln[cost]['mean'])}"
-             for ln in pts if id(ln) in off]
-    if notes:
-        ax.text(0.01, 0.99, "\n".join(notes), transform=ax.transAxes, ha="left", va="top", fontsize=8, color=TEACHER)
+        ax.scatter(*zip(*[xy[id(ln)] for ln in front]), s=140, facecolors="none", edgecolors=FRONT, linewidths=1.4,
+                   zorder=4)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if front:
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
-    return to_svg(fig)
+    fmt = EngFormatter(unit=unit, places=1, sep=" ")  # 269.2 s, 34.2 TFLOP (not 269.186 s)
+    _legend(fig, shown, front, [f"{ln['arm']} (off scale): {ln['quality']['mean']:.2f}, {fmt(ln[cost]['mean'])}"
+                                for ln in pts if id(ln) in off])
+    _label_points(fig, ax, [(*xy[id(ln)], ln["arm"], _colour(ln)) for ln in shown], bars,
+                  [xy[id(ln)] for ln in front])
+    return to_svg(fig, fit=False)
+
+
+def _label_points(fig, ax, points: list[tuple], bars: list, front_xy: list) -> None:
+    """Name every point; when the axes are too crowded for that, widen the quality range and try again (the last
+    try names every point, free place or not)."""
+    tries = 6
+    for attempt in range(tries):
+        fit_ticks(fig)  # lays the figure out, as it will be saved
+        fig.set_layout_engine("none")  # and keeps that layout: the labels are placed in its pixels
+        obstacles = _obstacles(ax, bars, front_xy, [p[:2] for p in points])
+        if place(ax, points, obstacles, fig.dpi / 72 * 7, strict=attempt < tries - 1):
+            return
+        fig.set_layout_engine("constrained")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low - 0.15 * (high - low), high + 0.15 * (high - low))
 
 
 def _barh(ax, labels: list[str], values: list[float], colours: list[str], whisker: list[float] | None = None):
@@ -149,11 +211,11 @@ def latency(lines: list[dict]) -> str | None:
     for k, (p50, p90, title) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), k)
         shown = [ln for ln in lines if ln[p50] is not None]
-        _barh(ax, [ln["arm"] for ln in shown] if k == 1 else [""] * len(shown),
-              [ln[p50]["mean"] for ln in shown], [_colour(ln) for ln in shown],
+        _barh(ax, [ln["arm"] for ln in shown], [ln[p50]["mean"] for ln in shown], [_colour(ln) for ln in shown],
               [(ln[p90] or ln[p50])["mean"] for ln in shown])
+        ax.tick_params(axis="y", labelleft=k == 1)  # the arms are named once, on the left
         ax.set_title(f"at {title}", fontsize=9, fontweight="normal")
-        ax.set_xlabel("ms per batch (p50, whisker p90)")
+    fig.supxlabel("ms per batch (p50, whisker p90)", fontsize=9)  # one label: two would collide on a narrow figure
     return to_svg(fig)
 
 

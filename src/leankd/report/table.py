@@ -5,7 +5,7 @@ Usage::
     from leankd.results.store import ResultsStore
     from leankd.report.table import summarise, to_markdown, write_report
     rows = ResultsStore("runs/results.db").rows()
-    text = write_report(rows, "runs/report")          # writes runs/report/report.md (+ report.json)
+    text = write_report(rows, "runs/report")  # writes runs/report/report.md, .json, .html; returns the headlines
     summary = summarise([r for r in rows if r["experiment"] == "cifar-demo"])
     print(to_markdown(summary, "cifar-demo"))
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -249,9 +250,13 @@ def _ratio_cell(value: float | None) -> str:
     return _NA if value is None else f"{value:.2f}"
 
 
-def to_markdown(summary: list[dict], title: str, headline: str = "") -> str:
-    """A `## title` section with one table row per arm (teacher first) and a legend; `headline` (Markdown, see
-    leankd.report.headline) goes above the table."""
+def _where(summary: list[dict]) -> str:
+    """e.g. "task: cifar10, split: test"."""
+    return ", ".join(f"{k}: {v}" for k in ("task", "split") if (v := _joined([s[k] for s in summary])))
+
+
+def to_markdown(summary: list[dict], title: str) -> str:
+    """A `## title` section with one table row per arm (teacher first), every ledger figure, and a legend."""
     metric_names = _distinct([m for s in summary for m in s["metrics"]])
     sizes = _distinct([b for s in summary for b in (s["infer_batch_size"] if
                        isinstance(s["infer_batch_size"], list) else [s["infer_batch_size"]])])
@@ -296,11 +301,8 @@ def to_markdown(summary: list[dict], title: str, headline: str = "") -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     lines = [f"## {title}", ""]
-    where = [f"{k}: {v}" for k in ("task", "split") if (v := _joined([s[k] for s in summary]))]
-    if where:
-        lines += [", ".join(where), ""]
-    if headline:
-        lines += [headline]
+    if where := _where(summary):
+        lines += [where, ""]
     lines.append(line([h for h, _ in columns]))
     lines.append("|" + "---|" * len(columns))
     lines += [line([cell(s) for _, cell in columns]) for s in summary]
@@ -321,10 +323,28 @@ def failures_markdown(failures: list[dict]) -> list[str]:
         [f"- {f['experiment']}: {f['arm']} seed {f['seed']}: {f['error']}" for f in failures] + [""]
 
 
+def _anchor(heading: str) -> str:
+    """The fragment GitHub (and most Markdown viewers) give a heading: lower case, punctuation dropped, spaces to
+    hyphens; e.g. "Full ledger: cifar-demo" -> "full-ledger-cifar-demo"."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def _headline_section(name: str, summary: list[dict], headline: str) -> str:
+    """`## name`, where it ran, the headline (Markdown) and a link to the experiment's full ledger."""
+    where = _where(summary)
+    link = f"[Full ledger: {name}](#{_anchor(f'Full ledger: {name}')})"
+    return "\n".join([f"## {name}", ""] + ([where, ""] if where else []) +
+                     [headline, f"Every figure of every arm and config: {link}", ""])
+
+
 def write_report(store_rows: list[dict], out_dir: str | Path, experiment: str | None = None,
                  failures: list[dict] = ()) -> str:
-    """Write `out_dir/report.md` (one section per experiment: headline, then the full ledger; then any failed
-    jobs), `report.json` and `report.html` (leankd.report.page); return the Markdown."""
+    """Write `out_dir/report.md`, `report.json` and `report.html` (leankd.report.page) and return what to print.
+
+    report.md opens with each experiment's headline (one line per arm, at most 10 columns: leankd.report.headline)
+    and a link to its full ledger, then any failed jobs, then under `# Full ledger` each experiment's full table
+    (every figure, every arm and config). The text returned is report.md up to the full ledgers, with one line
+    saying where they are: a terminal shows the headline, not a table of every figure."""
     from leankd.report.headline import headline, headline_markdown  # both build on this module
     from leankd.report.page import write_page
 
@@ -337,13 +357,13 @@ def write_report(store_rows: list[dict], out_dir: str | Path, experiment: str | 
                              f"{list(by_exp)}")
         by_exp = {experiment: by_exp[experiment]}
     summaries = {name: summarise(rows) for name, rows in by_exp.items()}
-    text = "\n".join(["# leankd report", ""] +
-                     [to_markdown(s, name, headline_markdown(headline(s)))
-                      for name, s in summaries.items()] + failures_markdown(list(failures)))
+    heads = [_headline_section(name, s, headline_markdown(headline(s))) for name, s in summaries.items()]
+    top = "\n".join(["# leankd report", ""] + heads + failures_markdown(list(failures)))
+    ledgers = [to_markdown(s, f"Full ledger: {name}") for name, s in summaries.items()]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(text, encoding="utf-8")
+    (out / "report.md").write_text("\n".join([top, "# Full ledger", ""] + ledgers), encoding="utf-8")
     (out / "report.json").write_text(json.dumps(summaries, indent=2), encoding="utf-8")
     write_page(out / "report.html", summaries, by_exp, list(failures), out)
     log.info("wrote %s and report.html (%d experiment(s))", out / "report.md", len(summaries))
-    return text
+    return f"{top}\nFull ledger (every figure): {out / 'report.md'}, section Full ledger; page: {out / 'report.html'}\n"
