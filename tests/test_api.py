@@ -1,9 +1,13 @@
 """The Python API takes any nn.Module as teacher or student, through the same runner and store."""
+import json
+import logging
+
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from leankd import api
 from leankd.config import load_config
 from leankd.experiment import run_experiment
 from leankd.models import create_model
@@ -37,11 +41,14 @@ def test_user_modules_as_teacher_and_student(tmp_path, data_dir):
 
 
 def _small_data(src, dst, n_train=256, n_test=128):
-    """A CIFAR-10 data directory holding a real slice (so a test can change its content)."""
+    """A CIFAR-10 data directory holding a real slice (so a test can change its content). The files are sorted by
+    class: take every k-th image so that every class is there (leankd refuses one-class training data)."""
     (dst / "cifar10").mkdir(parents=True)
     for split, n in (("train", n_train), ("test", n_test)):
         with np.load(src / "cifar10" / f"cifar10_{split}.npz") as z:
-            np.savez(dst / "cifar10" / f"cifar10_{split}.npz", images=z["images"][:n], labels=z["labels"][:n])
+            step = len(z["labels"]) // n
+            np.savez(dst / "cifar10" / f"cifar10_{split}.npz", images=z["images"][::step][:n],
+                     labels=z["labels"][::step][:n])
 
 
 def test_student_rows_are_redone_when_the_teacher_weights_or_the_data_change(tmp_path, data_dir):
@@ -61,3 +68,20 @@ def test_student_rows_are_redone_when_the_teacher_weights_or_the_data_change(tmp
     np.savez(data / "cifar10" / "cifar10_train.npz", images=images, labels=(labels + 1) % 10)  # same files, new data
     assert [r["arm"] for r in run_experiment(cfg, data, out)] == ["teacher", "plain"]
     assert len({r["config_hash"] for r in ResultsStore(out / "results.db").rows("ident") if r["arm"] == "plain"}) == 3
+
+
+def test_the_python_api_writes_the_report_files_and_log_lines_of_leankd_run(tmp_path, data_dir, caplog):
+    """leankd.api.run_experiment is what `leankd run` calls: the same start line, the report files, the table."""
+    cfg = load_config("tests/configs/tiny-cifar10.yaml", ["name=apirep", "data.train_limit=256", "data.test_limit=128",
+                                                          "arms={plain: {method: plain}}"])
+    shown = []
+    with caplog.at_level(logging.INFO, logger="leankd"):
+        rows = api.run_experiment(cfg, data_dir, tmp_path, student=lambda: TinyCNN(8), teacher=TinyCNN(16),
+                                  show=shown.append)
+    assert [r["arm"] for r in rows] == ["teacher", "plain"]
+    assert f"experiment apirep (config hash {cfg.hash()}): arms ['plain'], seeds [0]" in caplog.text
+    assert f"wrote {tmp_path / 'report.md'} and report.html" in caplog.text
+    assert len(shown) == 1 and "| plain" in shown[0] and "## apirep" in shown[0]
+    assert "| plain" in (tmp_path / "report.md").read_text()
+    assert "apirep" in json.loads((tmp_path / "report.json").read_text())
+    assert (tmp_path / "report.html").stat().st_size > 0

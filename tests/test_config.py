@@ -125,3 +125,23 @@ def test_overrides_may_follow_a_flag_on_the_command_line():
     assert args.overrides == ["seeds=[0]", "device=cpu", "train.epochs=2"] and args.smoke and args.out == "x"
     with pytest.raises(SystemExit):
         parse(["report", "a=b"])  # report takes no overrides
+
+
+def test_a_relative_teacher_checkpoint_is_relative_to_the_config_files_folder(tmp_path, monkeypatch):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "c.yaml").write_text("teacher: {checkpoint: weights/t.safetensors}\n")
+    monkeypatch.chdir(tmp_path)  # anywhere but the config's folder
+    cfg = load_config("exp/c.yaml")
+    assert cfg.teacher.checkpoint == str(tmp_path / "exp" / "weights" / "t.safetensors")
+    # on the command line, like any path typed in a shell: relative to the working directory, as given
+    assert load_config("exp/c.yaml", ["teacher.checkpoint=t.safetensors"]).teacher.checkpoint == "t.safetensors"
+
+
+def test_numbers_are_never_booleans_nan_or_beyond_64_bits():
+    assert "not the boolean true" in _err("train.epochs=true")
+    assert "not the boolean false" in _err("arms.kd.alpha=false")
+    assert "finite number" in _err("train.lr=.inf")
+    assert "64 bits" in _err("seeds=[0, 9223372036854775808]")
+    assert "greater than or equal to 0" in _err("ranking.seed=-1")
+    cfg = load_config(DEMO, ["train.epochs='2'", "seeds=[9223372036854775807]"])  # text that is a number still is
+    assert cfg.train.epochs == 2 and cfg.seeds == [2**63 - 1]

@@ -15,7 +15,7 @@ from leankd.metering.energy import EnergyMeter
 from leankd.metering.ledger import PEAK_CHILD
 from leankd.precision import Precision
 from leankd.results.store import ResultsStore
-from leankd.tasks import build_task
+from leankd.tasks import build_task, data_identity
 from leankd.train import predict
 
 from conftest import REPO
@@ -41,9 +41,10 @@ def tiny_run(tmp_path_factory, data_dir):
     return out, proc
 
 
-def test_run_writes_teacher_plain_kd_rows_with_full_ledger(tiny_run):
+def test_run_writes_teacher_plain_kd_rows_with_full_ledger(tiny_run, data_dir):
     out, proc = tiny_run
     rows = ResultsStore(out / "results.db").rows("tiny-cifar10")
+    files = data_identity(load_config("tests/configs/tiny-cifar10.yaml"), data_dir)
     assert sorted(r["arm"] for r in rows) == ["kd", "plain", "teacher"]
     with EnergyMeter("cpu") as probe:  # what this machine's energy counter says, whatever it is
         pass
@@ -56,6 +57,7 @@ def test_run_writes_teacher_plain_kd_rows_with_full_ledger(tiny_run):
         assert r["peak_mem_source"] == PEAK_CHILD and r["sources"]["peak_mem_mb"] == PEAK_CHILD
         prov = r["provenance"]
         assert prov["seed"] == r["seed"] and prov["torch_version"] and prov["config"]["name"] == "tiny-cifar10"
+        assert r["extra"]["data"] == {"dir": str(data_dir), "files": files}  # the data it ran on (MLflow's input)
     by_arm = {r["arm"]: r for r in rows}
     assert by_arm["plain"]["teacher_s"] == 0 and by_arm["kd"]["teacher_s"] > 0
     assert by_arm["kd"]["train_flops"] > by_arm["plain"]["train_flops"]  # teacher forwards are counted
@@ -69,7 +71,7 @@ def test_recorded_metrics_are_sklearn_scores_of_the_saved_models(tiny_run, data_
     cfg = load_config("tests/configs/tiny-cifar10.yaml")
     task, cpu = build_task(cfg, data_dir), torch.device("cpu")
     rows = {r["arm"]: r for r in ResultsStore(out / "results.db").rows("tiny-cifar10")}
-    teacher_logits = np.load(next((out / "teachers").iterdir()) / "eval_logits.npy")
+    teacher_logits = np.load(next(p for p in (out / "teachers").iterdir() if p.is_dir()) / "eval_logits.npy")
     for arm in ("plain", "kd"):
         model, _ = task.load(out / "students" / "tiny-cifar10" / f"{arm}-seed0.safetensors")
         logits, labels = predict(model, task.eval_loader("test", cfg.train.batch_size),

@@ -1,5 +1,6 @@
 """Faults end to end on a real CIFAR-10 slice: kill -9 in the middle of a distilled arm (whole process group, or
-the parent only) then rerun gives the uninterrupted run's metrics; a NaN at step k and a diverged teacher are
+the parent only) then rerun gives the uninterrupted run's metrics; Ctrl-C and SIGTERM there are one line and exit
+130 / 143, and the rerun resumes; a NaN at step k and a diverged teacher are
 recorded as failures while the other arms finish; four runs into one --out write every row once and train the
 teacher once. Faults are injected with LEANKD_FAULT (leankd/faults.py)."""
 import os
@@ -99,6 +100,35 @@ def test_kill_9_mid_arm_then_rerun_gives_the_uninterrupted_metrics(uninterrupted
     assert "resumed from a checkpoint" not in want["kd"]["sources"]["train_s"]
     assert not list((out / "checkpoints").rglob("*.ckpt"))  # removed once the rows were stored
     assert not [p for p in (out / ".tmp").iterdir()]  # the killed run's temp folder is gone too
+
+
+def test_ctrl_c_and_sigterm_mid_arm_are_one_line_then_rerun_resumes(uninterrupted, tmp_path, data_dir):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it: the job's child gets it too) and SIGTERM
+    (to `leankd run` alone): one line saying what a rerun resumes from, exit 130 / 143, no traceback, no process
+    left; the rerun ends with the uninterrupted run's metrics."""
+    out, kd_only = with_teacher(uninterrupted, tmp_path), "arms={kd: {method: kd, temperature: 4.0, alpha: 0.9}}"
+    for sig, send in ((signal.SIGINT, os.killpg), (signal.SIGTERM, os.kill)):
+        proc = start(out, data_dir, kd_only, fault="pause@kd/s0:6")  # the distilled arm waits at epoch 2, step 2
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "fault: kd/s0 paused at step 6" in line:
+                break
+        send(proc.pid, sig)
+        _, rest = proc.communicate(timeout=120)
+        err = "".join(seen) + rest
+        assert proc.returncode == 128 + sig, err[-3000:]
+        assert [ln for ln in err.splitlines() if "interrupted" in ln] == [
+            "interrupted; rerun the same command to resume from arm kd seed 0 at epoch 2 step 1 (its last checkpoint)"]
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err and "ignored" not in err, err[-3000:]
+        assert leftovers(out) == []  # the job was stopped with it
+        assert list(rows(out)) == ["teacher"]
+    again = run(out, data_dir, kd_only)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming at epoch 2 step 1" in again.stderr
+    got, want = rows(out)["kd"], rows(uninterrupted)["kd"]
+    assert (got["metrics"], got["extra"]["epoch_loss"]) == (want["metrics"], want["extra"]["epoch_loss"])
+    assert not list((out / "checkpoints").rglob("*.ckpt"))
 
 
 def test_nan_at_step_k_fails_that_job_only_and_is_recorded(uninterrupted, tmp_path, data_dir):

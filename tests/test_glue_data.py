@@ -135,6 +135,24 @@ def test_malformed_row_names_file_and_line(tmp_path):
         load_glue(tmp_path, "cola", "train")
 
 
+def test_empty_files_and_sentences_and_one_class_training_sets_are_refused(tmp_path):
+    from leankd.data.files import check_classes
+
+    cola = tmp_path / "glue" / "CoLA" / "train.tsv"  # header-less: no header line to report
+    cola.parent.mkdir(parents=True)
+    cola.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.tsv' holds no examples; expected one per line"):
+        load_glue(tmp_path, "cola", "train")
+    rte = tmp_path / "glue" / "RTE" / "dev.tsv"  # a pair task: the second sentence is checked too
+    rte.parent.mkdir(parents=True)
+    rte.write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\t \tentailment\n")
+    with pytest.raises(DataError, match=r"dev.tsv' line 3 has an empty 'sentence2'"):
+        load_glue(tmp_path, "rte", "dev")
+    with pytest.raises(DataError, match=r"every training target in 'f.tsv' is 2.5; a regression needs targets"):
+        check_classes(np.full(4, 2.5, np.float32), "f.tsv", regression=True)
+    check_classes(np.array([0, 1, 1]), "f.tsv")  # two classes: fine
+
+
 def test_missing_file_never_downloads(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # any attempt to import the hub client would fail loudly
     with pytest.raises(DataError, match="SST-2/train.tsv' not found"):

@@ -28,6 +28,9 @@ OTHER = {"name": "other", "data.dataset": None, "data.task": None, "teacher.mode
 SKIP = {"data.dataset": "switches the task (glue needs data.task): changes the data files, hence every identity",
         "data.task": "text only (glue)", "student.layers": "text only", "arms.kd.layers": "text only",
         "teacher.checkpoint": "needs a checkpoint file; it enters the teacher key (its content hash)",
+        **{f"data.{k}": "your own data only (refused with cifar10): the whole data section and the files' content "
+           "enter every identity (tests/test_user_data.py changes a file)" for k in (
+               "root", "image_size", "train_file", "eval_file", "text_column", "text_pair_column", "label_column")},
         "device": "no second device here; it enters resolved (device.type)"}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,20 @@ def test_newer_schema_version_is_refused(tmp_path: Path):
     conn.close()
     with pytest.raises(DataError, match="schema version"):
         ResultsStore(path)
+
+
+def test_a_busy_store_waits_then_says_busy_and_works_once_it_is_free(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
+    s = ResultsStore(tmp_path / "r.db")
+    holder = sqlite3.connect(s.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction, never ending
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"r.db' is busy: .* the store is intact"):
+        s.insert({"experiment": EXP, "role": "student", "arm": "kd", "seed": 0})
+    assert time.monotonic() - started >= 0.2  # it waited first
+    assert s.rows() == []  # reading needs no lock (WAL)
+    holder.close()
+    assert s.insert({"experiment": EXP, "role": "student", "arm": "kd", "seed": 0}) is not None
 
 
 def test_schema_documented():

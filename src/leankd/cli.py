@@ -9,7 +9,7 @@
     leankd run CONFIG --smoke                              (the experiment end to end on a small slice)
     leankd run CONFIG --executor slurm --slurm-partition gpu --slurm-gpus 1   (each wave's jobs as SLURM jobs)
     leankd plan CONFIG [key=value ...] [--gpu-tflops X]    (full-run FLOPs, time, memory from a few steps)
-    leankd export --mlflow sqlite:///runs/mlflow.db [--out runs] [--experiment NAME]   (one MLflow run per row)
+    leankd export --mlflow sqlite:///runs/mlflow.db [--out runs] [--experiment NAME]   (a nested MLflow run per row)
 
 User mistakes (config, data, checkpoint, NaN loss: `leankd.errors.UserError`) print one line naming the problem
 and the fix, and exit with status 2; nothing already written is lost. Nothing imports this module.
@@ -23,15 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from leankd.errors import EXIT_FAILED, EXIT_USER, CheckpointError, ConfigError, JobFailed, UserError
+from leankd.errors import EXIT_FAILED, EXIT_USER, CheckpointError, ConfigError, JobFailed, UserError, not_found
 from leankd.log import setup_logging
 
 log = logging.getLogger("leankd")
 
 
 def cmd_run(args) -> int:
+    from leankd.api import run_experiment  # the Python API's run: the same log lines and report files
     from leankd.config import load_config
-    from leankd.experiment import run_experiment
     from leankd.experiment.executors import from_args
 
     overrides = args.overrides
@@ -41,26 +41,8 @@ def cmd_run(args) -> int:
         overrides, said = smoke_overrides(args.config, args.overrides)
         log.info("%s", said)
     cfg = load_config(args.config, overrides)
-    log.info("experiment %s (config hash %s): arms %s, seeds %s", cfg.name, cfg.hash(), list(cfg.arms), cfg.seeds)
-    try:
-        run_experiment(cfg, args.data_dir, Path(args.out), executor=from_args(args))
-    except JobFailed:  # the rows that did finish are reported, with the failed jobs listed under them
-        _report_run(cfg.name, args.out)
-        raise
-    _report_run(cfg.name, args.out)
+    run_experiment(cfg, args.data_dir, Path(args.out), executor=from_args(args), show=print)
     return 0
-
-
-def _report_run(name: str, out: str) -> None:
-    from leankd.dist import World
-    if not World.from_env().main:  # data parallel: rank 0 writes the report
-        return
-    from leankd.report.table import write_report
-    from leankd.results.store import ResultsStore
-
-    store = ResultsStore(Path(out) / "results.db")
-    if store.rows(name):
-        print(write_report(store.rows(name), out, name, store.failures(name)))
 
 
 def cmd_report(args) -> int:
@@ -104,16 +86,19 @@ def cmd_eval(args) -> int:
                               "<out>/students/ or <out>/teachers/)")
     sidecar = ckpt.with_suffix(".json")
     if not sidecar.is_file():
-        raise CheckpointError(f"checkpoint error: '{sidecar}' (model name and data settings) not found next to "
-                              f"'{ckpt}'; evaluate models saved by `leankd run`")
+        raise CheckpointError(f"checkpoint error: '{sidecar}' (model name and data settings) {not_found(sidecar)}, "
+                              f"next to '{ckpt}'; evaluate models saved by `leankd run`")
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         cfg = build_config(meta["config"])
+    except ConfigError as err:  # e.g. a model named by import path that this working directory cannot import
+        raise CheckpointError(f"checkpoint error: the config saved with '{ckpt}' does not load here: "
+                              f"{str(err).removeprefix('config error: ')}") from None
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"checkpoint error: '{sidecar}' is not valid JSON written by `leankd run` ("
                               f"{type(err).__name__}: {str(err)[:120]}); save the model again with `leankd run`"
                               ) from None
-    task = build_task(cfg, resolve_data_dir(args.data_dir))
+    task = build_task(cfg, resolve_data_dir(args.data_dir, cfg.data))
     model, _ = task.load(ckpt)
     split = args.split or task.eval_split
     loader = task.eval_loader(split, args.batch_size)
@@ -134,20 +119,23 @@ def _models_of(target: str, overrides: list[str]):
 
     from leankd.models import create_model, list_models
     from leankd.models.text import build_text_model, load_tokenizer, student_from_teacher
+    from leankd.models.user import is_import_path
 
     def text_input(name: str):
         return dict(load_tokenizer(name)("leankd lists the layers of this model", return_tensors="pt"))
 
     image = torch.zeros(1, 3, 32, 32)
+    if not target.endswith((".yaml", ".yml")) and overrides:  # key=value sets keys of a config
+        raise ConfigError(f"config error: '{target}' is a model name, not a config: drop the override(s) {overrides}")
     if not target.endswith((".yaml", ".yml")):
-        if target in list_models():
+        if target in list_models() or is_import_path(target):  # a user's FILE.py:FUNCTION too
             return [("model", target, create_model(target, 10), image)]
         return [("model", target, build_text_model(target, 2), text_input(target))]
     from leankd.config import load_config
     from leankd.distill.selection import init_layer_indices
 
     cfg = load_config(target, overrides)
-    if cfg.data.dataset == "cifar10":
+    if not cfg.data.is_text:
         return [("teacher", cfg.teacher.model, create_model(cfg.teacher.model, 10), image),
                 ("student", cfg.student.model, create_model(cfg.student.model, 10), image)]
     teacher, x = build_text_model(cfg.teacher.model, 2), text_input(cfg.teacher.model)
@@ -250,13 +238,11 @@ def cmd_plan(args) -> int:
     from leankd.experiment.projection import format_projection, project_config
     from leankd.experiment.smoke import local_overrides
 
-    if args.steps < 1 or (args.gpu_tflops is not None and args.gpu_tflops <= 0) or not 0 < args.gpu_util <= 1 \
-            or (args.gpu_mem_gb is not None and args.gpu_mem_gb <= 0):
-        raise ConfigError("config error: --steps must be >= 1, --gpu-tflops and --gpu-mem-gb > 0, --gpu-util in "
-                          "(0, 1]")
+    if args.steps < 1 or args.gpu_util > 1:  # float flags are finite and > 0 (main)
+        raise ConfigError("config error: --steps must be >= 1 and --gpu-util at most 1 (the sustained fraction)")
     overrides, said = local_overrides(args.config, args.overrides)
     cfg = load_config(args.config, overrides)
-    proj = project_config(cfg, resolve_data_dir(args.data_dir), args.steps)
+    proj = project_config(cfg, resolve_data_dir(args.data_dir, cfg.data), args.steps)
     print(f"{args.config}: {said}")
     print(format_projection(proj, args.gpu_tflops, args.gpu_util, args.gpu_mem_gb))
     return 0
@@ -274,7 +260,8 @@ def cmd_export(args) -> int:
 
 
 def _add_export_parser(sub) -> None:
-    ex = sub.add_parser("export", help="log every stored row to MLflow (one run each; reruns add only new rows)")
+    ex = sub.add_parser("export", help="log every stored row to MLflow (a run each, nested under a parent run per "
+                        "experiment; reruns add only new rows)")
     ex.add_argument("--mlflow", required=True, metavar="URI", help="MLflow tracking URI, e.g. "
                     "sqlite:///runs/mlflow.db (offline) or http://host:5000; needs `pip install -e \".[mlflow]\"`")
     ex.add_argument("--out", default="runs", help="folder holding results.db and report.md (default: runs)")
@@ -343,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     ly = sub.add_parser("layers", help="list a model's candidate layers, or rank a teacher's by importance")
-    ly.add_argument("target", help="a model name (resnet20, minilm-l6, bert-base, a local HF folder) or an "
-                    "experiment YAML")
+    ly.add_argument("target", help="a model name (resnet20, minilm-l6, bert-base, a local HF folder, your own "
+                    "FILE.py:FUNCTION) or an experiment YAML")
     ly.add_argument("overrides", nargs="*", help="dotted key=value overrides for a config")
     ly.add_argument("--rank", action="store_true", help="score every teacher layer (ablation, block influence, "
                     "probe accuracy) on a calibration sample; trains the teacher first if none is stored")
@@ -376,10 +363,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from leankd.errors import check_positive, raise_on_signals
+
     args = parse(argv)
     setup_logging(logging.DEBUG if args.verbose or args.debug else logging.INFO)
+    restore = raise_on_signals()  # Ctrl-C, SIGTERM: one line saying what a rerun resumes from, exit 130 / 143
     try:
+        check_positive({f"--{k.replace('_', '-')}": v for k, v in vars(args).items() if isinstance(v, float)})
         return args.func(args)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Interrupted): not an error, never a traceback
+        where = getattr(err, "where", None) or ("its first unfinished job" if args.command == "run" else "the start")
+        print(f"interrupted; rerun the same command to resume from {where}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     except UserError as err:
         if args.debug:
             raise
@@ -394,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (rerun with "
               "--debug for the traceback, and please report it)", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

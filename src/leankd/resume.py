@@ -6,6 +6,7 @@
     if ckpt.due(step):                     # every `every_s` seconds of work, or every `every_steps` steps
         ckpt.save(loop_state)              # temp file, fsync, rename: the previous checkpoint stays valid until then
     ckpt.beat(train_s)                     # how far the loop got (tiny file), so a resume knows the work it lost
+    ckpt.position()                        # (epoch, step) a rerun resumes at, from that file: e.g. for Ctrl-C's line
     ckpt.remove()                          # after the job's row is stored
 
 File layout: 8-byte magic, 32-byte sha256 of the payload, the payload (`torch.save` of a dict of tensors,
@@ -80,6 +81,7 @@ class Resume:
         self.progress = self.path.with_name(self.path.name + ".progress")
         self._last_save = time.monotonic()
         self._last_beat = 0.0
+        self._at: list[int] | None = None  # (epoch, step) of the newest checkpoint, as the resume log names it
 
     def load(self) -> dict | None:
         """The newest intact checkpoint written for this job, or None."""
@@ -93,8 +95,19 @@ class Resume:
                 log.warning("checkpoint %s was written for another job or settings; starting fresh", path)
                 return None
             else:
+                self._at = [state["epoch"] + 1, state["step"]] if "epoch" in state else None
                 return state
         return None
+
+    def position(self) -> tuple[int, int] | None:
+        """(epoch, step) a rerun would resume at (1-based epoch, steps done in it), as this job's progress file last
+        recorded it, without reading the checkpoint itself; None when no checkpoint was written for this job."""
+        try:
+            reached = json.loads(self.progress.read_text())
+        except (OSError, ValueError):
+            return None
+        at = reached.get("at") if reached.get("identity") == self.identity else None
+        return (int(at[0]), int(at[1])) if at and self.path.is_file() else None
 
     def lost_s(self, state: dict | None) -> float:
         """Seconds of training done after `state` was saved and lost when the run stopped (0 for a fresh start)."""
@@ -118,6 +131,8 @@ class Resume:
         data = _encode({**state, "identity": self.identity, "format": FORMAT})
         _atomic_write(self.path, data, keep=self.prev)  # the one before stays readable as .prev
         self._last_save = time.monotonic()
+        self._at = [state["epoch"] + 1, state["step"]] if "epoch" in state else None
+        self._write_progress(state.get("train_s", 0.0))
 
     def beat(self, train_s: float) -> None:
         """Record how far training got (at most once a second; no fsync, it is only an estimate): the work a
@@ -125,12 +140,15 @@ class Resume:
         now = time.monotonic()
         if self.write and now - self._last_beat >= 1.0:
             self._last_beat = now
-            tmp = self.progress.with_name(f".{self.progress.name}.{os.getpid()}.tmp")
-            try:
-                tmp.write_text(json.dumps({"identity": self.identity, "train_s": train_s}))
-                os.replace(tmp, self.progress)
-            except OSError:
-                pass  # only the lost-work estimate depends on it; checkpoint writes report their own errors
+            self._write_progress(train_s)
+
+    def _write_progress(self, train_s: float) -> None:
+        tmp = self.progress.with_name(f".{self.progress.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"identity": self.identity, "train_s": train_s, "at": self._at}))
+            os.replace(tmp, self.progress)
+        except OSError:
+            pass  # only the lost-work estimate and `position` read it; checkpoint writes report their own errors
 
     def remove(self) -> None:
         for path in (self.path, self.prev, self.progress):

@@ -8,7 +8,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from leankd.config.schema import ArmConfig, ExperimentConfig, PairSpec
-from leankd.errors import ConfigError, did_you_mean
+from leankd.errors import ConfigError, did_you_mean, not_found
 
 
 def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -97,10 +97,47 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _models_beside(tree: dict, folder: Path) -> None:
+    """A model file the config file names by a relative path (`models.py:tiny8`) is the one beside it (a
+    command-line override's, like any path typed in a shell, is relative to the working directory)."""
+    from leankd.models.user import absolute_ref  # local: models import torch
+
+    for role in ("teacher", "student"):
+        node = tree.get(role)
+        if isinstance(node, dict) and isinstance(node.get("model"), str):
+            node["model"] = absolute_ref(node["model"], folder.resolve())
+
+
+BRACKETS = {"{": "}", "[": "]"}
+
+
+def _at(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what: a bracket or quote left open is named with the place it was opened, a stray closing one with
+    its own place."""
+    opened, mark = getattr(err, "context_mark", None), getattr(err, "problem_mark", None)
+    what = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if opened is not None and opened.buffer and any(k in (err.context or "") for k in ("flow", "quoted")):
+        char = opened.buffer[opened.pointer]
+        where = f" ({_at(mark)}: {what})" if mark else ""
+        return f": the '{char}' at {_at(opened)} is never closed{where}; add the missing '{BRACKETS.get(char, char)}'"
+    stray = next((c for c in BRACKETS.values() if what.endswith(f"found '{c}'")), None)
+    if stray and mark is not None:
+        return f": the '{stray}' at {_at(mark)} closes nothing (no bracket is open there); remove it"
+    mark = mark or opened
+    return f"{' at ' + _at(mark) if mark else ''}: {what}"
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    from leankd.models.user import refuse_in_job
+
+    refuse_in_job()  # a user's script, imported by a job for its models, would start its experiment again
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config error: file '{path}' not found (see configs/ for examples)")
+        raise ConfigError(f"config error: file '{path}' {not_found(path)} (see configs/ for examples)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -109,16 +146,17 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     try:
         tree = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"config error: '{path}' is not valid YAML{where}: {what}") from None
+        raise ConfigError(f"config error: '{path}' is not valid YAML{_yaml_problem(err)}") from None
     if tree is None:
         raise ConfigError(f"config error: '{path}' is empty; start from one of configs/ (e.g. "
                           "configs/demo/cifar10-resnet20-resnet8.yaml)")
     if not isinstance(tree, dict):
         raise ConfigError(f"config error: '{path}' must hold a mapping at the top level")
     tree.setdefault("name", path.stem)
+    _models_beside(tree, path.parent)
+    teacher = tree.get("teacher")
+    if isinstance(teacher, dict) and isinstance(teacher.get("checkpoint"), str):  # relative: to this file's folder
+        teacher["checkpoint"] = str(path.parent.resolve() / Path(teacher["checkpoint"]).expanduser())
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value)
     return build_config(tree)

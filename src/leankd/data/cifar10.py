@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from leankd.data import randomness as rnd
+from leankd.data.files import check_classes
 from leankd.data.shard import Sharded
-from leankd.errors import DataError
+from leankd.errors import DataError, not_found
 
 # Per-channel statistics measured on this lossy copy's train split (pixels / 255).
 MEAN = (0.4913, 0.4821, 0.4465)
@@ -33,7 +34,7 @@ def cifar10_file(data_dir: Path, split: str) -> Path:
 
 def _open(path: Path) -> np.lib.npyio.NpzFile:
     if not path.is_file():
-        raise DataError(f"data error: CIFAR-10 file '{path}' not found; expected {LAYOUT}")
+        raise DataError(f"data error: CIFAR-10 file '{path}' {not_found(path)}; expected {LAYOUT}")
     if not zipfile.is_zipfile(path):
         raise DataError(f"data error: '{path}' is not an .npz archive (np.savez_compressed writes one); "
                         f"expected {LAYOUT}")
@@ -92,26 +93,35 @@ def load_cifar10(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def check_cifar10(data_dir: Path, data_cfg=None) -> None:
     """Cheap up-front check (images' header only, labels read): both files hold the expected arrays, and
-    data.val_size leaves training images."""
+    data.val_size leaves training images of more than one class."""
     for split in ("train", "test"):
         path = cifar10_file(data_dir, split)
         with _open(path) as z:
             shape, dtype = _read(z, path, "images", header_only=True)
-            _check(path, shape, dtype, _read(z, path, "labels"))
+            labels = _read(z, path, "labels")
+            _check(path, shape, dtype, labels)
         if split == "train" and data_cfg is not None and data_cfg.val_size >= shape[0]:
             raise DataError(f"data error: data.val_size={data_cfg.val_size} leaves no training images ('{path}' "
                             f"holds {shape[0]}); use a data.val_size below {shape[0]}")
+        if split == "train" and data_cfg is not None:  # what is trained on: the slice fixed_splits takes
+            trained = fixed_splits(labels, labels, labels[:0], labels[:0], data_cfg)["train"][1]
+            sliced = data_cfg.train_limit or data_cfg.val_size
+            check_classes(trained, path, f" (the {len(trained)} trained on: data.train_limit, val_size)" * bool(sliced))
 
 
 def cifar10_splits(data_dir: Path, data_cfg) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
-    """train / val / test splits. Slices are fixed (seed-independent) so every arm sees the same data:
-    the train file is class-major, so slices come from a fixed shuffle, val first, then train."""
-    x, y = load_cifar10(data_dir, "train")
+    """train / val / test splits (see `fixed_splits`)."""
+    return fixed_splits(*load_cifar10(data_dir, "train"), *load_cifar10(data_dir, "test"), data_cfg)
+
+
+def fixed_splits(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray,
+                 data_cfg) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+    """train / val / test from a train and a test set. Slices are fixed (seed-independent) so every arm sees the
+    same data: train sets are class-major, so slices come from a fixed shuffle, val first, then train."""
     order = rnd.shuffle_order(len(x), seed=12345, epoch=0)
     val_idx = order[: data_cfg.val_size]
     rest = order[data_cfg.val_size:]
     train_idx = np.sort(rest[: data_cfg.train_limit] if data_cfg.train_limit else rest)
-    xt, yt = load_cifar10(data_dir, "test")
     if data_cfg.test_limit:
         test_idx = np.sort(rnd.shuffle_order(len(xt), seed=54321, epoch=0)[: data_cfg.test_limit])
         xt, yt = xt[test_idx], yt[test_idx]
@@ -119,9 +129,10 @@ def cifar10_splits(data_dir: Path, data_cfg) -> dict[str, tuple[np.ndarray, np.n
     return {"train": (x[train_idx], y[train_idx]), "val": val, "test": (xt, yt)}
 
 
-def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD).view(1, 3, 1, 1) * 255
+def normalise(x_uint8: torch.Tensor, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
+    """uint8 images -> floats normalised per channel by `mean` / `std` (of pixels / 255: a data set's train split)."""
+    mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std).view(1, 3, 1, 1) * 255
     return ((x_uint8.float() - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
@@ -143,11 +154,13 @@ class VisionLoader(Sharded):
 
     Augmentation is a pure function of (aug_seed, view, sample index); in epoch e sample i gets view
     `view_of(seed, e, i, views)`, so every sample sees each of `views` views once before any repeats and a
-    teacher cache of those views holds the teacher's output for exactly the student's input."""
+    teacher cache of those views holds the teacher's output for exactly the student's input. `norm`: the per-channel
+    (mean, std) images are normalised by (CIFAR-10's by default; a folder of your own images: its train split's)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
-                 augment: bool = False, shuffle: bool = False, views: int = 1, aug_seed: int = 0):
-        self.images, self.labels = torch.from_numpy(images), torch.from_numpy(labels)
+                 augment: bool = False, shuffle: bool = False, views: int = 1, aug_seed: int = 0,
+                 norm: tuple = (MEAN, STD)):
+        self.images, self.labels, self.norm = torch.from_numpy(images), torch.from_numpy(labels), norm
         self.batch_size, self.seed, self.augment, self.shuffle = batch_size, seed, augment, shuffle
         self.views, self.aug_seed = views, aug_seed
 
@@ -160,13 +173,13 @@ class VisionLoader(Sharded):
 
     def samples_per_shape(self, epochs: int, steps: int | None = None) -> dict:
         """Samples processed per input shape over `epochs`, or over the first `steps` batches (one shape here:
-        3 x 32 x 32)."""
+        3 x H x W, 3 x 32 x 32 for CIFAR-10)."""
         n, b = len(self.labels), self.batch_size
         steps = epochs * len(self) if steps is None else steps
         full, last = (len(self.local(np.arange(size))) for size in (b, n - (len(self) - 1) * b))  # this rank's
         per_epoch = (len(self) - 1) * full + last
         rest = steps % len(self)
-        return {(3, 32, 32): steps // len(self) * per_epoch + (rest * full if rest else 0)}
+        return {tuple(self.images.shape[1:]): steps // len(self) * per_epoch + (rest * full if rest else 0)}
 
     def example(self, shape, batch: int):
         """A real (inputs, labels, key) batch of `batch` samples at `shape` (view 0), for FLOP counting and
@@ -179,7 +192,7 @@ class VisionLoader(Sharded):
         x = self.images[torch.from_numpy(idx)]
         if self.augment:
             x = augment(x, self.aug_seed, np.broadcast_to(view, idx.shape), idx)
-        return normalise(x)
+        return normalise(x, *self.norm)
 
     def keyed_epoch(self, epoch: int, start: int = 0):
         """(inputs, labels, key) batches from batch `start` on (a resumed epoch skips the batches it already

@@ -12,7 +12,6 @@ a half-written cache at the final path. `is_valid()` re-hashes every shard: it r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -25,6 +24,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from leankd.config import config_hash
+from leankd.data.files import checksum_problem, checksums
 from leankd.errors import CheckpointError, did_you_mean
 from leankd.locks import locked
 
@@ -47,16 +47,6 @@ def _expected_files(manifest: dict) -> set[str]:
             for s in range(shards)}
 
 
-def _sha256(path: Path, fsync: bool = False) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        if fsync:  # the shards were written through mmaps; make them durable before the manifest vouches for them
-            os.fsync(f.fileno())
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check(path: Path, key: dict | None = None) -> str | None:
     """Why the cache folder `path` is not valid (one phrase), or None if it is. `key` None: the manifest's own key,
     which must hash to the folder name. Never raises."""
@@ -73,14 +63,7 @@ def _check(path: Path, key: dict | None = None) -> str | None:
         missing = _expected_files(manifest) - set(files)
         if missing:
             return f"its manifest lists no {sorted(missing)[0]}"
-        for name, entry in files.items():
-            file = path / name
-            if not file.is_file():
-                return f"{name} is missing"
-            if file.stat().st_size != entry["bytes"]:
-                return f"{name} has {file.stat().st_size} bytes, the manifest says {entry['bytes']}"
-            if _sha256(file) != entry["sha256"]:
-                return f"{name} does not match its sha256"
+        return checksum_problem(path, files)
     except FileNotFoundError:
         return "it has no manifest" if path.is_dir() else "it does not exist"
     except Exception as e:  # garbage of any shape in the manifest means invalid, never a crash
@@ -209,11 +192,8 @@ class CacheWriter:
                 v, i = np.argwhere(~written)[0]
                 raise ValueError(f"teacher cache fill left {int((~written).sum())} (view, sample) pairs of field "
                                  f"'{field}' unwritten, e.g. view {v} sample {i}")
-        files = {}
-        for name in sorted(_expected_files(self.layout.to_json())):
-            file = self.folder / name
-            files[name] = {"sha256": _sha256(file, fsync=True), "bytes": file.stat().st_size}
-        return files
+        # fsync: the shards were written through mmaps; durable before the manifest vouches for them
+        return checksums(self.folder, sorted(_expected_files(self.layout.to_json())), fsync=True)
 
 
 class CacheReader:

@@ -43,7 +43,7 @@ def _run_rank(spec_json: str, work: Path, world: dist.World) -> dict:
     spec = JobSpec.from_json(spec_json)
     try:
         result, peak = run_child(spec, work, world.to_env())
-    except JobFailed as err:
+    except (JobFailed, ConfigError) as err:
         return {"error": str(err)}
     return {"result": result, "peak_mb": peak}
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Protocol
 
-from leankd.errors import ConfigError, JobFailed, TrainingError
+from leankd.errors import ConfigError, Interrupted, JobFailed, TrainingError
 from leankd.jobs.spec import JobSpec, error_path
+from leankd.models.user import IN_JOB_ENV
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often in-flight submitit jobs are looked at (submitit rate-limits its own SLURM queries)
@@ -39,7 +41,11 @@ class Executor(Protocol):
     def submit(self, spec: JobSpec, work: Path) -> Pending: ...
 
 
-def failed(spec: JobSpec, why: str) -> JobFailed:
+def failed(spec: JobSpec, why: str) -> JobFailed | ConfigError:
+    """A job's failure; a config error is the experiment's (its config would fail every job: the key it names,
+    e.g. student.model, is the culprit, not the job it first showed in)."""
+    if why.startswith("config error:"):
+        return ConfigError(why)
     what = "teacher cache" if spec.until == "teacher_cache" else spec.role
     return JobFailed(f"{what} job '{spec.arm}' (seed {spec.seed}) failed: {why}")
 
@@ -73,12 +79,31 @@ def run_child(spec: JobSpec, work: Path, env: dict | None = None) -> tuple[dict,
     job_file.write_text(spec.to_json())
     result_file.unlink(missing_ok=True)
     error_path(result_file).unlink(missing_ok=True)  # a resubmitted job's first error is not its second's
-    code, peak_mb = run_child_measured([sys.executable, "-m", "leankd.jobs.runner", str(job_file),
-                                        str(result_file)], {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    try:
+        # IN_JOB_ENV: a user's script that the child imports for its models must not start its experiment there
+        code, peak_mb = run_child_measured([sys.executable, "-m", "leankd.jobs.runner", str(job_file),
+                                            str(result_file)], {**os.environ, "PYTHONUNBUFFERED": "1", IN_JOB_ENV: "1",
+                                                                **(env or {})})
+        sig = code - 128 if code > 128 else -code  # its handler's exit code, or the signal that ended it
+        if sig in (signal.SIGINT, signal.SIGTERM):  # the job was interrupted: the run stops with it
+            raise Interrupted(sig)
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM (Interrupted)
+        raise Interrupted(getattr(err, "signum", signal.SIGINT), getattr(err, "where", None) or resume_point(spec)) \
+            from None
     if code != 0 or not result_file.is_file():
         error = error_path(result_file)
         raise failed(spec, error.read_text().strip() if error.is_file() else f"exit code {code}")
     return json.loads(result_file.read_text()), peak_mb
+
+
+def resume_point(spec: JobSpec) -> str:
+    """What a rerun of an interrupted job resumes from: its last checkpoint (epoch, step), or its start."""
+    from leankd.resume import Resume
+
+    what = ("the teacher cache build" if spec.until == "teacher_cache" else "the teacher" if spec.role == "teacher"
+            else f"arm {spec.arm} seed {spec.seed}")
+    at = Resume(spec.checkpoint["path"], spec.checkpoint["identity"]).position() if spec.checkpoint else None
+    return f"{what} at epoch {at[0]} step {at[1]} (its last checkpoint)" if at else f"the start of {what}"
 
 
 class LocalExecutor:
@@ -112,7 +137,7 @@ def cluster_job(spec_json: str, work: str, env: dict) -> dict:
     job failed, {"error": its one line} (an exception would reach the parent as a whole traceback)."""
     try:
         result, peak = run_child(JobSpec.from_json(spec_json), Path(work), env)
-    except JobFailed as err:
+    except (JobFailed, ConfigError) as err:
         return {"error": str(err)}
     return {"result": result, "peak_mb": peak}
 
@@ -177,7 +202,8 @@ class SubmititPending:
     def done(self) -> bool:
         if self.final is None and self.job.done():
             outcome = self.owner.outcome(self.job)
-            if "error" in outcome and self.attempt < self.owner.retries:
+            config = outcome.get("error", "").startswith("config error:")  # would fail again: not resubmitted
+            if "error" in outcome and not config and self.attempt < self.owner.retries:
                 self.attempt += 1
                 log.warning("%s; resubmitting it (attempt %d of %d)", outcome["error"], self.attempt + 1,
                             self.owner.retries + 1)
@@ -191,7 +217,8 @@ class SubmititPending:
             time.sleep(POLL_S)
         if "error" in self.final:
             why = self.final["error"]
-            raise JobFailed(why) if " failed: " in why else failed(self.spec, why)
+            raise JobFailed(why) if " failed: " in why and not why.startswith("config error:") else \
+                failed(self.spec, why)
         return self.final["result"], self.final["peak_mb"]
 
 

@@ -9,7 +9,8 @@ resolved rather than as written, because what ran is what matters:
 
 - `precision`, `device`, `teacher.precision`: as this machine resolves them (`auto` -> bf16 or fp32; the teacher's
   `same` -> the experiment's precision), so rerunning with `teacher.precision=bf16` retrains every distilled row;
-- the teacher: its key (teacher.* settings but precision, data, data files) and its stored weights' hash;
+- the teacher: its key (teacher.* settings but precision, data, data files, a user's model file) and its stored
+  weights' hash; a student named by import path: its source file's content hash;
 - the arm: only this arm's settings (not the other arms'), and for a budget-matched arm the identities of the
   arm it matches and of its base plain arm (so its budget);
 - the teacher cache: an arm that reads it has the cache's settings and its own views in its identity; an arm that
@@ -21,6 +22,8 @@ can not be proven equal and are shown as "(older config)", never reused.
 from __future__ import annotations
 
 from leankd.config import config_hash
+from leankd.data.files import file_identity
+from leankd.models.user import model_source
 from leankd.results.store import IDENTITY_VERSION
 
 NOT_IDENTITY: dict[str, str] = {
@@ -68,4 +71,7 @@ def row_identity(cfg, arm: str, teacher: list, data_files: list, resolved: dict)
                 teacher=[teacher, resolved.get("teacher_precision")], arm=acfg.model_dump(mode="json"),
                 views=resolved["views"], cache_key=resolved.get("cache"), matched=resolved.get("targets"),
                 identity_version=IDENTITY_VERSION)
+    source = model_source(cfg.student.model)
+    if source is not None and source.is_file():  # a user's model file: edited code retrains (the teacher's: its key)
+        tree["student_source"] = file_identity(source)
     return config_hash(tree)

@@ -27,6 +27,7 @@ from leankd.distill.targets import MAP_PREFIX, arm_fields, field_bytes, map_fiel
 from leankd.errors import ModelError
 from leankd.experiment import identity, teachers
 from leankd.jobs.spec import JobSpec
+from leankd.models.user import is_import_path
 from leankd.precision import resolve, teacher_precision
 from leankd.tasks import data_identity
 
@@ -34,6 +35,18 @@ from leankd.tasks import data_identity
 def uses_teacher(cfg, arm: ArmConfig) -> bool:
     """The job loads the teacher: to distil from it, or to build the student from its layers."""
     return arm.method != "plain" or arm.layers is not None or cfg.student.layers is not None
+
+
+def check_factories(cfg, task) -> None:
+    """A model named by import path is built once here, so a factory that returns no nn.Module fails before any
+    job, not in every student job after the teacher has trained."""
+    for role in ("teacher", "student"):
+        name = getattr(cfg, role).model
+        if is_import_path(name):
+            try:
+                task.build_model(name)
+            except ModelError as err:
+                raise ModelError(f"model error: {role}.model: {str(err).removeprefix('model error: ')}") from None
 
 
 def check_layers(cfg, task) -> tuple[dict[str, list[int] | None], dict[str, list[str]], object]:
@@ -113,7 +126,7 @@ class Plan:
         says so. Any other arm (and the teacher) draws a fresh view every epoch it runs: as many views as its
         epochs (a budget-matched arm's, rounded up), so training longer never repeats a crop or flip."""
         cfg = self.cfg
-        if cfg.data.dataset == "glue" or not cfg.data.augment:
+        if cfg.data.is_text or not cfg.data.augment:
             return 1
         if arm is None:
             return cfg.teacher.train.epochs
@@ -124,7 +137,7 @@ class Plan:
     def cache_views(self) -> int:
         """Views the teacher cache holds: cache.views (default train.epochs); text or no augmentation: 1."""
         cfg = self.cfg
-        return 1 if cfg.data.dataset == "glue" or not cfg.data.augment else cfg.cache.views or cfg.train.epochs
+        return 1 if cfg.data.is_text or not cfg.data.augment else cfg.cache.views or cfg.train.epochs
 
     def teacher_precision(self) -> str:
         """The precision the teacher runs at when distilling (cache build and online alike)."""
@@ -181,7 +194,7 @@ class Plan:
         else:
             return False, "online: auto, a cache would serve one job only"
         views = self.cache_views()
-        if cfg.data.dataset != "glue" and cfg.data.augment and cfg.train.epochs > views:
+        if not cfg.data.is_text and cfg.data.augment and cfg.train.epochs > views:
             why += (f"; {cfg.train.epochs} epochs over {views} cached augmentation views: epochs {views + 1}-"
                     f"{cfg.train.epochs} reuse them (an uncached arm draws a fresh view every epoch)")
         return True, why
@@ -216,7 +229,7 @@ class Plan:
     def build_batch(self) -> int:
         """The cache build's teacher batch: 4x the training batch for images (no backward, so memory allows it);
         the training batch for text, where a wider batch pads more tokens (sorted by length either way)."""
-        return self.cfg.train.batch_size * (1 if self.cfg.data.dataset == "glue" else 4)
+        return self.cfg.train.batch_size * (1 if self.cfg.data.is_text else 4)
 
     def teacher_job(self) -> JobSpec:
         cfg = self.cfg
@@ -292,6 +305,8 @@ class Plan:
     @classmethod
     def make(cls, cfg, data_dir: Path, out_dir: Path, task=None, student=None, teacher=None) -> "Plan":
         """The plan of `cfg`; with `task`, every arm's layers are checked against the real models first."""
+        if task is not None:
+            check_factories(cfg, task)
         init, reads, teacher_model = check_layers(cfg, task) if task is not None else ({}, {}, None)
         fields, shapes = cache_targets(cfg, task, reads, teacher_model)
         files = data_identity(cfg, Path(data_dir))  # content hashes: hashed once per experiment

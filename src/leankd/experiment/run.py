@@ -33,6 +33,7 @@ from leankd.experiment.plan import Plan
 from leankd.jobs.spec import JobSpec
 from leankd.locks import locked, pid_alive
 from leankd.metering.ledger import build_ledger, recharge, shared_cost
+from leankd.models.user import refuse_in_job
 from leankd.results.store import ResultsStore
 from leankd.resume import Resume
 from leankd.tasks import build_task, check_data
@@ -107,9 +108,11 @@ def write_row(store: ResultsStore, row: dict, reads: list[dict]) -> dict | None:
     return store.get(run_id)
 
 
-def make_row(cfg, spec: JobSpec, identity: str | None, result: dict, peak_rss_mb: float | None) -> dict:
-    """A store row: identity, metrics, the ledger (built in metering.ledger) and provenance. Its shares of the cache
-    build and the ranking are provisional (planned users) until `write_row` recharges them from the readers."""
+def make_row(cfg, spec: JobSpec, identity: str | None, result: dict, peak_rss_mb: float | None,
+             data_files: list | None = None) -> dict:
+    """A store row: identity, metrics, the ledger (built in metering.ledger), the data it ran on (folder and file
+    identities) and provenance. Its shares of the cache build and the ranking are provisional (planned users)
+    until `write_row` recharges them from the readers."""
     share = shared_cost("layer ranking", result["ranking"], cfg.name, spec.ranking_users)
     cache = result["extra"].get("cache")
     build = {"seconds": cache["build_s"], "flops": cache["build_flops"], "experiment": cache["made_for"]} \
@@ -118,6 +121,8 @@ def make_row(cfg, spec: JobSpec, identity: str | None, result: dict, peak_rss_mb
     ledger = build_ledger(result["costs"], peak_rss_mb, share, cache_share)
     prov = {**result["provenance"], "config": cfg.model_dump(mode="json")}
     result["extra"]["identity_version"] = IDENTITY_VERSION
+    if data_files:
+        result["extra"]["data"] = {"dir": spec.data_dir, "files": list(data_files)}
     return {"experiment": cfg.name, "config_hash": identity, "role": spec.role, "arm": spec.arm, "seed": spec.seed,
             "model": result["model"], "task": result["task"], "split": result["split"], "metrics": result["metrics"],
             **ledger, "extra": result["extra"], "provenance": prov,
@@ -159,16 +164,18 @@ def run_experiment(cfg, data_dir: str | Path | None, out_dir: str | Path, studen
     run in this process, so their rows' peak memory reads "unavailable", and their rows are never reused.
     `executor`: where the jobs run (executors.py; None: a child process each, one at a time). Under torchrun /
     accelerate launch (WORLD_SIZE > 1) every job runs data parallel over the launched processes (distributed.py)."""
+    refuse_in_job()  # a user's script imported by a job for its models must not start its experiment again
     world = dist.World.from_env()
     if executor is None and world.size > 1:
         return run_data_parallel(cfg, data_dir, out_dir, world, user=student is not None or teacher is not None)
-    data_dir = resolve_data_dir(data_dir)
+    data_dir = resolve_data_dir(data_dir, cfg.data)
     check_data(cfg, data_dir)  # fail before any work on a missing or malformed file
     out_dir = prepare_out_dir(out_dir)
+    store = ResultsStore(out_dir / "results.db")  # a damaged, foreign or busy store: refused before any work
     user = student is not None or teacher is not None
-    task = None if user else build_task(cfg, data_dir)  # layer names are checked against the real models
+    # layer names are checked against the real models; a folder of images is decoded (once, into <out>/cache) here
+    task = None if user else build_task(cfg, data_dir, out_dir / "cache")
     plan = Plan.make(cfg, data_dir, out_dir, task, student, teacher)
-    store = ResultsStore(out_dir / "results.db")
     save_config(cfg, out_dir / "configs" / f"{cfg.name}-{cfg.hash()}.yaml")
     executor = choose_executor(cfg, student, teacher, executor)
     written, failures = [], []
@@ -286,7 +293,7 @@ def finish_student(plan: Plan, store: ResultsStore, job: _Flying) -> tuple[dict 
     arm, seed = job.spec.arm, job.spec.seed
     try:
         result, peak = job.pending.result()
-        row = make_row(plan.cfg, job.spec, job.identity, result, peak)
+        row = make_row(plan.cfg, job.spec, job.identity, result, peak, plan.data_files)
     except JobFailed as err:
         log.error("%s; continuing with the other arms", err)
         store.record_failure(*job.key, "student", str(err))
@@ -330,6 +337,8 @@ def ensure_teacher(plan: Plan, store: ResultsStore, executor: Executor, work: Pa
     """The teacher's row for this experiment: already there, a stored teacher reused, or trained now. Concurrent
     runs needing the same teacher wait on its lock and reuse what the first one trained."""
     cfg, key, out_dir = plan.cfg, plan.key, plan.out_dir
+    if teachers.is_stored(out_dir, key):
+        teachers.check_stored(out_dir, key)  # a damaged file is refused before any student reads it
     if store.find(cfg.name, key, "teacher", cfg.teacher.seed) and teachers.is_stored(out_dir, key):
         log.info("teacher row for %s already in the store; skipping", key)
         return []
@@ -342,7 +351,7 @@ def ensure_teacher(plan: Plan, store: ResultsStore, executor: Executor, work: Pa
             log.info("training teacher %s (stored under %s)", cfg.teacher.model, teachers.teacher_dir(out_dir, key))
             spec = plan.teacher_job()
             try:
-                row = make_row(cfg, spec, key, *executor.submit(spec, work).result())
+                row = make_row(cfg, spec, key, *executor.submit(spec, work).result(), plan.data_files)
             except JobFailed as err:
                 store.record_failure(cfg.name, key, "teacher", cfg.teacher.seed, "teacher", str(err))
                 raise JobFailed(f"{err}; no student can run without it") from None
@@ -355,11 +364,12 @@ def ensure_teacher(plan: Plan, store: ResultsStore, executor: Executor, work: Pa
 
 def obtain_teacher(cfg, data_dir: str | Path | None, out_dir: str | Path) -> tuple[Path, str]:
     """Train (in a child process) or reuse the config's teacher, without any student arm: (data dir, key)."""
-    data_dir = resolve_data_dir(data_dir)
+    data_dir = resolve_data_dir(data_dir, cfg.data)
     check_data(cfg, data_dir)
     out_dir = prepare_out_dir(out_dir)
     plan = Plan.make(cfg, data_dir, out_dir)
     if not teachers.is_stored(out_dir, plan.key):
         with work_dir(out_dir) as tmp:
             ensure_teacher(plan, ResultsStore(out_dir / "results.db"), LocalExecutor(), tmp)
+    teachers.check_stored(out_dir, plan.key)  # (a damaged file is refused before it is read)
     return data_dir, plan.key

@@ -30,6 +30,7 @@ SMOKE_SLICE = {  # dataset -> (train samples, eval samples, batch size, extra ov
     "cifar10": (32, 16, 8, {}),
     "glue": (8, 8, 4, {"data.max_length": 16}),
 }
+SMOKE_SLICE.update(imagefolder=SMOKE_SLICE["cifar10"], textfile=SMOKE_SLICE["glue"])  # your own data: the same
 
 
 def _default(key: str) -> Any:
@@ -89,7 +90,7 @@ def _local(t: _Tree) -> list[tuple[str, Any, str]]:
         resolve(str(precision), resolve_device(str(device)))
     except ConfigError:
         out.append(("precision", "auto", f"{precision} cannot run on {resolve_device(str(device)).type}"))
-    if t.get("data.dataset") == "glue":
+    if t.get("data.dataset") in ("glue", "textfile"):
         for key in ("teacher.model", "student.model"):
             twin = _offline_shape(str(t.get(key)))
             if twin:

@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from leankd.errors import EXIT_USER, UserError
+from leankd.errors import EXIT_USER, UserError, raise_on_signals, write_failed
 from leankd.jobs.spec import JobSpec, error_path
 from leankd.jobs.steps import STEPS, Job
 from leankd.log import setup_logging
@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit fails the write (EFBIG), not the process
     spec, result_file = JobSpec.from_json(Path(argv[0]).read_text()), Path(argv[1])
+    restore = raise_on_signals()  # SIGTERM from the parent; Ctrl-C reaches the job too (the terminal's group)
     try:
         result = run_job(spec)
+    except KeyboardInterrupt as err:  # quietly: the parent prints the one line, with what a rerun resumes from
+        return getattr(err, "exit_code", 128 + signal.SIGINT)
     except UserError as err:
         log.error("%s", err)
         _leave_error(result_file, str(err))
@@ -63,14 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             _leave_error(result_file, f"internal error: {type(err).__name__}: {err}")
             raise
-        line = (f"could not write {err.filename or 'a file'} ({err.strerror}); free disk space or raise the file-size "
-                "limit, then rerun the same command: finished jobs, stored teachers and caches are kept")
+        line = write_failed(err.filename, err.strerror)
         log.error("%s", line)
         _leave_error(result_file, line)
         return EXIT_USER
     except Exception as err:
         _leave_error(result_file, f"internal error: {type(err).__name__}: {err}")
         raise
+    finally:
+        restore()
     result_file.write_text(json.dumps(result))
     return 0
 

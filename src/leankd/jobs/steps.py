@@ -26,7 +26,7 @@ from leankd.device import resolve_device
 from leankd.distill.distiller import Distiller
 from leankd.distill.ranking import load_or_rank
 from leankd.distill.selection import build_pairs, describe, teacher_indices
-from leankd.errors import ConfigError, TrainingError
+from leankd.errors import CheckpointError, ConfigError, TrainingError
 from leankd.jobs.measure import count_train_flops, latency_figures
 from leankd.jobs.spec import JobSpec
 from leankd.jobs.teacher_cache import teacher_cache, teacher_setup
@@ -292,7 +292,21 @@ def evaluate(job: Job) -> None:
         Path(spec.eval_logits_out).parent.mkdir(parents=True, exist_ok=True)
         np.save(spec.eval_logits_out, logits)
     if spec.agreement_with and Path(spec.agreement_with).is_file() and not task.is_regression:
-        job.metrics["agreement"] = agreement(logits, np.load(spec.agreement_with))
+        job.metrics["agreement"] = agreement(logits, _teacher_logits(spec.agreement_with, logits.shape))
+
+
+def _teacher_logits(path: str, shape: tuple) -> np.ndarray:
+    """The stored teacher's eval logits (a teacher stored before leankd checksummed its files may have damaged ones)."""
+    try:
+        stored = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        stored, why = None, str(err).splitlines()[0][:80]
+    else:
+        why = f"shape {stored.shape}, expected {shape}"
+    if stored is None or stored.shape != shape:
+        raise CheckpointError(f"checkpoint error: '{path}' is not the stored teacher's eval logits ({why}); remove "
+                              f"its folder ({Path(path).parent}) and rerun to train the teacher again")
+    return stored
 
 
 def meter(job: Job) -> None:

@@ -28,6 +28,7 @@ import torch
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOP_S = 5.0  # how long a child asked to stop (SIGTERM) may take before it is killed
 
 _STATUS = "/proc/self/status"
 
@@ -86,9 +87,13 @@ def run_child_measured(cmd: list[str], env: dict | None = None) -> tuple[int, fl
     proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
     try:
         _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:
-        proc.kill()
-        proc.wait()
+    except BaseException:  # e.g. Ctrl-C or SIGTERM: the child is asked to stop (it exits quietly), killed if it lingers
+        proc.terminate()
+        try:
+            proc.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         raise
     # We reaped the child ourselves; tell Popen so it never waits on the pid again.
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from leankd.errors import CheckpointError
+from leankd.errors import CheckpointError, not_found
 
 
 def state_identity(model: torch.nn.Module) -> str:
@@ -36,7 +36,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load safetensors or a `torch.save`d state_dict (weights_only=True: never unpickles code)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint error: '{path}' not found")
+        raise CheckpointError(f"checkpoint error: '{path}' {not_found(path)}")
     try:
         state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True,
                                                                                        map_location="cpu")

@@ -14,6 +14,7 @@ Usage::
 Each ``insert`` is its own committed transaction, so a crash later loses no finished run. Every
 method opens a short-lived connection, so several processes may share the file (WAL lets readers
 run while one writer commits). Rows are append-only: a re-run adds a row, ``find`` returns the latest.
+A file is read read-only before anything is written to it; a busy, full or damaged one is one line (DataError).
 
 Schema of table ``runs`` (one row per trained model: the teacher once, each arm x seed once).
 Absent figures are NULL, never 0. Seconds are wall-clock seconds with the device synchronised.
@@ -72,12 +73,12 @@ import os
 import socket
 import sqlite3
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from leankd.errors import DataError
+from leankd.errors import DataError, write_failed
 from leankd.locks import pid_alive
 
 SCHEMA_VERSION = 5
@@ -129,6 +130,8 @@ JSON_COLUMNS = frozenset({"metrics", "extra", "provenance", "sources"})
 ROLES = ("teacher", "student")
 KEY_SQL = "experiment TEXT NOT NULL, config_hash TEXT, arm TEXT NOT NULL, seed INTEGER"
 STALE_S = 120.0  # a claim from another host with no heartbeat for this long is dead
+BUSY_TIMEOUT_S = 30.0  # how long an access waits for another process's transaction before the store is called busy
+TABLES = ("meta", "runs", "claims", "failures", "resources", "reads")
 log = logging.getLogger(__name__)
 
 
@@ -160,10 +163,59 @@ class ResultsStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._open()
+            if not self._current():  # read-only first: a file that is not a store of this leankd is left unchanged
+                self._open()
+            with self._db() as conn:  # a writer stuck in a transaction: busy now, not after the first job
+                conn.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as err:  # garbage bytes, a truncated file: refuse it, never overwrite it
-            raise DataError(f"data error: '{self.path}' is not a leankd results store ({err}); move it aside or "
-                            "use another --out") from None
+            raise self._refusal(err) or self._foreign(str(err)) from None
+
+    def _foreign(self, why: str) -> DataError:
+        return DataError(f"data error: '{self.path}' is not a leankd results store ({why}); move it aside or use "
+                         "another --out")
+
+    def _refusal(self, err: sqlite3.Error) -> DataError | None:
+        """One line for an error of the file itself (busy, its disk full, damaged), None for any other."""
+        name = getattr(err, "sqlite_errorname", "") or ""
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return DataError(f"data error: '{self.path}' is busy: another process held a transaction on it for "
+                             f"{BUSY_TIMEOUT_S:g} s; let it finish (or stop it), then rerun: the store is intact")
+        if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and "READ" not in name):
+            return DataError(write_failed(self.path, str(err)))
+        if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            return self._foreign(str(err))
+        return None
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived connection, its statements one transaction (committed at the end); a busy, full or damaged
+        file as one line."""
+        try:
+            with closing(self._connect()) as conn, conn:
+                yield conn
+        except sqlite3.DatabaseError as err:
+            raise self._refusal(err) or err from None
+
+    def _current(self) -> bool:
+        """Whether the file is a store of this version, read without writing: False for a new (absent or empty) file
+        or an older version (`_open` creates or migrates it); another program's file or a newer store is refused."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return False
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)) as conn:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
+                if "meta" in names else None
+            wal = conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        if not names:
+            return False
+        if found is None or not str(found[0]).isdigit() or "runs" not in names:
+            raise self._foreign(f"it holds {', '.join(sorted(n for n in names if not n.startswith('sqlite_')))} and "
+                                "no leankd schema version")
+        if int(found[0]) > SCHEMA_VERSION:
+            raise DataError(f"data error: '{self.path}' has results schema version {found[0]}, this leankd reads "
+                            f"version {SCHEMA_VERSION}; use another --out or a leankd that reads it")
+        return int(found[0]) == SCHEMA_VERSION and wal and {*TABLES, "runs_key", "runs_lookup"} <= names
 
     def _open(self) -> None:
         cols = ",\n  ".join(f"{name} {sqltype}" for name, sqltype in COLUMNS)
@@ -193,12 +245,7 @@ class ResultsStore:
                     if name not in have:
                         conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {sqltype}")
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-                found = SCHEMA_VERSION
-        if int(found) == SCHEMA_VERSION:
-            self._unique_key()
-        if int(found) != SCHEMA_VERSION:
-            raise DataError(f"data error: '{self.path}' has results schema version {found}, this leankd reads "
-                            f"version {SCHEMA_VERSION}; use another --out or a leankd that reads it")
+        self._unique_key()  # (a newer version was refused by `_current`, before any write)
 
     def _unique_key(self) -> None:
         """One row per (experiment, identity, arm, seed): a unique index (NULL identities, rows of a caller's own
@@ -212,7 +259,7 @@ class ResultsStore:
 
     def _connect(self) -> sqlite3.Connection:
         # timeout: wait for another process's write instead of failing with "database is locked"
-        conn = sqlite3.connect(self.path, timeout=30.0)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
         conn.row_factory = sqlite3.Row
         return conn
 
@@ -233,7 +280,7 @@ class ResultsStore:
         values = [_to_sql(c, row[c]) for c in names]
         sql = (f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
                "ON CONFLICT DO NOTHING")
-        with closing(self._connect()) as conn, conn:  # `with conn` commits: one transaction per row
+        with self._db() as conn:  # `with conn` commits: one transaction per row
             cur = conn.execute(sql, values)
             if not cur.rowcount:
                 return None
@@ -248,7 +295,7 @@ class ResultsStore:
         """Recompute the shares of `resource`: `charge(resource row, its readers of the experiment it was made for,
         by id)` -> {run id: column -> new value}, read and written in one IMMEDIATE transaction, so concurrent
         readers joining never leave a stale share behind."""
-        with closing(self._connect()) as conn, conn:
+        with self._db() as conn:
             conn.execute("BEGIN IMMEDIATE")
             res = conn.execute("SELECT * FROM resources WHERE resource = ?", (resource,)).fetchone()
             if res is None:
@@ -263,12 +310,12 @@ class ResultsStore:
 
     def reads(self) -> list[dict[str, Any]]:
         """Every (row, shared cost) read, with the cost: run_id, resource, kind, experiment, seconds, flops."""
-        with closing(self._connect()) as conn:
+        with self._db() as conn:
             return [dict(r) for r in conn.execute(
                 "SELECT reads.run_id, resources.* FROM reads JOIN resources USING (resource) ORDER BY run_id")]
 
     def get(self, run_id: int) -> dict[str, Any] | None:
-        with closing(self._connect()) as conn:
+        with self._db() as conn:
             r = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return None if r is None else self._decode(r)
 
@@ -278,7 +325,7 @@ class ResultsStore:
         """Claim a job for this process: None when done, or the pid of the live process that holds it; a claim
         of a dead process (same host: its pid is gone; another host: no heartbeat for STALE_S) is taken over."""
         key, me, host = (experiment, config_hash, arm, seed), os.getpid(), socket.gethostname()
-        with closing(self._connect()) as conn, conn:
+        with self._db() as conn:
             conn.execute("BEGIN IMMEDIATE")  # claim check and write in one transaction: no two winners
             held = conn.execute("SELECT pid, host, heartbeat FROM claims WHERE experiment = ? AND config_hash IS ? "
                                 "AND arm = ? AND seed IS ?", key).fetchone()
@@ -288,12 +335,12 @@ class ResultsStore:
         return None
 
     def heartbeat(self, experiment: str, config_hash: str | None, arm: str, seed: int | None) -> None:
-        with closing(self._connect()) as conn, conn:
+        with self._db() as conn:
             conn.execute("UPDATE claims SET heartbeat = ? WHERE experiment = ? AND config_hash IS ? AND arm = ? AND "
                          "seed IS ? AND pid = ?", (time.time(), experiment, config_hash, arm, seed, os.getpid()))
 
     def release(self, experiment: str, config_hash: str | None, arm: str, seed: int | None) -> None:
-        with closing(self._connect()) as conn, conn:
+        with self._db() as conn:
             conn.execute("DELETE FROM claims WHERE experiment = ? AND config_hash IS ? AND arm = ? AND seed IS ? "
                          "AND pid = ?", (experiment, config_hash, arm, seed, os.getpid()))
 
@@ -301,7 +348,7 @@ class ResultsStore:
 
     def record_failure(self, experiment: str, config_hash: str | None, arm: str, seed: int | None, role: str,
                        error: str) -> None:
-        with closing(self._connect()) as conn, conn:
+        with self._db() as conn:
             conn.execute("INSERT INTO failures (experiment, config_hash, arm, seed, role, error, at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)", (experiment, config_hash, arm, seed, role, error,
                                                            datetime.now(timezone.utc).isoformat(timespec="seconds")))
@@ -313,7 +360,7 @@ class ResultsStore:
         args: tuple = ()
         if experiment is not None:
             sql, args = sql + " AND f.experiment = ?", (experiment,)
-        with closing(self._connect()) as conn:
+        with self._db() as conn:
             return [dict(r) for r in conn.execute(sql + " ORDER BY f.id", args)]
 
     def rows(self, experiment: str | None = None) -> list[dict[str, Any]]:
@@ -321,12 +368,12 @@ class ResultsStore:
         sql, args = "SELECT * FROM runs", ()
         if experiment is not None:
             sql, args = sql + " WHERE experiment = ?", (experiment,)
-        with closing(self._connect()) as conn:
+        with self._db() as conn:
             return [self._decode(r) for r in conn.execute(sql + " ORDER BY id", args)]
 
     def experiments(self) -> list[str]:
         """Experiment names, in the order their first row was inserted."""
-        with closing(self._connect()) as conn:
+        with self._db() as conn:
             cur = conn.execute("SELECT experiment FROM runs GROUP BY experiment ORDER BY MIN(id)")
             return [r[0] for r in cur]
 
@@ -335,14 +382,18 @@ class ResultsStore:
         """Latest row with these keys, or None. `IS` so that a NULL hash or seed matches NULL."""
         sql = ("SELECT * FROM runs WHERE experiment = ? AND config_hash IS ? AND arm = ? AND seed IS ? "
                "ORDER BY id DESC LIMIT 1")
-        with closing(self._connect()) as conn:
+        with self._db() as conn:
             r = conn.execute(sql, (experiment, config_hash, arm, seed)).fetchone()
         return None if r is None else self._decode(r)
 
-    @staticmethod
-    def _decode(r: sqlite3.Row) -> dict[str, Any]:
+    def _decode(self, r: sqlite3.Row) -> dict[str, Any]:
         out = dict(r)
         for c in JSON_COLUMNS:
             if out.get(c) is not None:
-                out[c] = json.loads(out[c])
+                try:
+                    out[c] = json.loads(out[c])
+                except ValueError as err:  # edited by hand, or written by something else
+                    raise DataError(f"data error: '{self.path}' row {out.get('id')} has invalid JSON in column '{c}' "
+                                    f"({err}); fix that cell, or delete the row (sqlite3 {self.path} \"DELETE FROM "
+                                    f"runs WHERE id = {out.get('id')}\") and rerun to redo it") from None
         return out
