@@ -185,3 +185,22 @@ def test_schema_documented():
     for text in (store_mod.__doc__, docs.read_text()):
         for col in ("id",) + COLUMN_NAMES:
             assert f"| `{col}` |" in text, col
+
+
+def _open_store(path: str) -> str:
+    try:
+        ResultsStore(path)
+        return "ok"
+    except Exception as err:  # reported to the parent: the assertion names it
+        return f"{type(err).__name__}: {err}"
+
+
+def test_runs_opening_a_fresh_store_at_once_never_see_half_a_schema(tmp_path):
+    """Four `leankd run`s into one fresh --out create the store together: its schema is made in one transaction,
+    so none of them reads a half-made file as "not a leankd results store" (it did, under load, in CI)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        for i in range(8):
+            outcomes = pool.map(_open_store, [str(tmp_path / f"s{i}" / "results.db")] * 6)
+            assert outcomes == ["ok"] * 6

@@ -168,8 +168,9 @@ def cost_quality(lines: list[dict], cost: str, xlabel: str, ylabel: str, unit: s
                    zorder=4)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    fmt = EngFormatter(unit=unit, places=1, sep=" ")  # 269.2 s, 34.2 TFLOP (not 269.186 s)
-    _legend(fig, shown, front, [f"{ln['arm']} (off scale): {ln['quality']['mean']:.2f}, {fmt(ln[cost]['mean'])}"
+    fmt = EngFormatter(unit=unit, sep=" ")
+    three = lambda v: fmt(float(f"{v:.3g}"))  # 3 significant digits: 269 s, 34.2 TFLOP (not 269.186 s)
+    _legend(fig, shown, front, [f"{ln['arm']} (off scale): {ln['quality']['mean']:.2f}, {three(ln[cost]['mean'])}"
                                 for ln in pts if id(ln) in off])
     _label_points(fig, ax, [(*xy[id(ln)], ln["arm"], _colour(ln)) for ln in shown], bars,
                   [xy[id(ln)] for ln in front])

@@ -80,6 +80,7 @@ from typing import Any, Callable, Iterator
 
 from leankd.errors import DataError, write_failed
 from leankd.locks import pid_alive
+from leankd.results.wal import to_wal
 
 SCHEMA_VERSION = 5
 IDENTITY_VERSION = 2  # the rule of a student row's config_hash (leankd.experiment.identity); in extra.identity_version
@@ -220,10 +221,10 @@ class ResultsStore:
     def _open(self) -> None:
         cols = ",\n  ".join(f"{name} {sqltype}" for name, sqltype in COLUMNS)
         with closing(self._connect()) as conn, conn:
-            # WAL is a property of the file: set once, it stays on for every later connection.
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = to_wal(conn, BUSY_TIMEOUT_S)  # a property of the file: set once, on for every later connection
             if mode.lower() != "wal":
                 raise RuntimeError(f"{self.path}: could not switch SQLite to WAL mode (got {mode!r})")
+            conn.execute("BEGIN IMMEDIATE")  # one transaction: a run opening it at once never sees half a schema
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             conn.execute(f"CREATE TABLE IF NOT EXISTS runs (\n  id INTEGER PRIMARY KEY,\n  {cols}\n)")
             conn.execute("CREATE INDEX IF NOT EXISTS runs_lookup "
