@@ -24,9 +24,10 @@ from leankd.config.schema import (
                                   TeacherConfig,
                                   config_hash,
 )
+from leankd.config.speed import SpeedConfig
 from leankd.errors import ConfigError
 
 __all__ = ["build_config", "load_config", "parse_overrides", "save_config", "FEATURE_LOSSES", "ArmConfig",
            "CacheConfig", "CheckpointConfig", "DataConfig", "ExperimentConfig", "GuardConfig", "LayerRef",
-           "MeteringConfig", "OptimConfig", "PairSpec", "RankingConfig", "StudentConfig", "TeacherConfig",
-           "config_hash", "ConfigError"]
+           "MeteringConfig", "OptimConfig", "PairSpec", "RankingConfig", "SpeedConfig", "StudentConfig",
+           "TeacherConfig", "config_hash", "ConfigError"]

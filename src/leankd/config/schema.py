@@ -8,20 +8,13 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from leankd.config.base import Strict as _Strict
+from leankd.config.base import on_off as _on_off
 from leankd.config.numbers import Float, Int, Seed
+from leankd.config.speed import SpeedConfig
 from leankd.errors import ConfigError, UserError, did_you_mean
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # no nan, no inf
-
-
-def _on_off(value: Any) -> Any:
-    """YAML reads bare `on` / `off` as booleans: take them back as the words the user wrote."""
-    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
-
 
 # The keys of your own data sets (README "Your own data"): which data set each belongs to, and which it needs.
 DATASET_KEYS = {"root": "imagefolder", "image_size": "imagefolder", "train_file": "textfile", "eval_file": "textfile",
@@ -48,6 +41,15 @@ class DataConfig(_Strict):
     test_limit: Int | None = Field(None, gt=0, description="use a fixed slice of the test split")
     val_size: Int = Field(0, ge=0, description="held-out validation images carved from train")
     augment: bool = True
+    on_device: Literal["auto", "on", "off"] = Field(
+        "auto", description="keep the uint8 training set (text: token ids) and the teacher cache on the training "
+        "device, batches gathered and augmented there: auto = when it takes <= 25% of the GPU's free memory (CPU: "
+        "in place); off = batches made on the host, copied per step (pinned, non-blocking)")
+    _device_words = field_validator("on_device", mode="before")(_on_off)
+
+    def settings(self) -> dict:
+        """What the data is, for identities: every key but where it is placed (on_device: the same batches)."""
+        return self.model_dump(mode="json", exclude={"on_device"})
 
     @property
     def is_text(self) -> bool:
@@ -268,6 +270,7 @@ class ExperimentConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     threads: Int | None = Field(None, gt=0, description="torch intra-op threads (default: torch's choice)")
+    speed: SpeedConfig = SpeedConfig()
     metering: MeteringConfig = MeteringConfig()
     ranking: RankingConfig = RankingConfig()
     cache: CacheConfig = CacheConfig()

@@ -14,17 +14,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from leankd.data import randomness as rnd
 from leankd.data.files import check_classes
-from leankd.data.shard import Sharded
+from leankd.data.images import MEAN, STD, VisionLoader, augment, normalise  # noqa: F401  (the loader, re-exported)
 from leankd.errors import DataError, not_found
 
-# Per-channel statistics measured on this lossy copy's train split (pixels / 255).
-MEAN = (0.4913, 0.4821, 0.4465)
-STD = (0.2452, 0.2428, 0.2606)
 LAYOUT = "<data_dir>/cifar10/cifar10_{train,test}.npz with uint8 'images' (N,32,32,3) and int64 'labels' (N,)"
 
 
@@ -127,83 +122,3 @@ def fixed_splits(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray,
         xt, yt = xt[test_idx], yt[test_idx]
     val = (x[np.sort(val_idx)], y[np.sort(val_idx)]) if len(val_idx) else None
     return {"train": (x[train_idx], y[train_idx]), "val": val, "test": (xt, yt)}
-
-
-def normalise(x_uint8: torch.Tensor, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
-    """uint8 images -> floats normalised per channel by `mean` / `std` (of pixels / 255: a data set's train split)."""
-    mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-    std = torch.tensor(std).view(1, 3, 1, 1) * 255
-    return ((x_uint8.float() - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def augment(x: torch.Tensor, seed: int, epoch: int | np.ndarray, index: np.ndarray, pad: int = 4) -> torch.Tensor:
-    """Random crop with `pad`-pixel zero padding + horizontal flip, per sample, from (seed, epoch or view, index)."""
-    b, c, h, w = x.shape
-    dx = torch.from_numpy(rnd.randint(seed, epoch, index, rnd.STREAM_CROP_X, 2 * pad + 1))
-    dy = torch.from_numpy(rnd.randint(seed, epoch, index, rnd.STREAM_CROP_Y, 2 * pad + 1))
-    flip = torch.from_numpy(rnd.uniform(seed, epoch, index, rnd.STREAM_FLIP) < 0.5)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * pad)
-    cols = torch.arange(w).expand(b, w)
-    cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]  # flip folded into the gather
-    return xp.gather(2, rows).gather(3, cols[:, None, None, :].expand(b, c, h, w))
-
-
-class VisionLoader(Sharded):
-    """Batches of (normalised float images, labels) from uint8 arrays; no worker processes needed.
-
-    Augmentation is a pure function of (aug_seed, view, sample index); in epoch e sample i gets view
-    `view_of(seed, e, i, views)`, so every sample sees each of `views` views once before any repeats and a
-    teacher cache of those views holds the teacher's output for exactly the student's input. `norm`: the per-channel
-    (mean, std) images are normalised by (CIFAR-10's by default; a folder of your own images: its train split's)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
-                 augment: bool = False, shuffle: bool = False, views: int = 1, aug_seed: int = 0,
-                 norm: tuple = (MEAN, STD)):
-        self.images, self.labels, self.norm = torch.from_numpy(images), torch.from_numpy(labels), norm
-        self.batch_size, self.seed, self.augment, self.shuffle = batch_size, seed, augment, shuffle
-        self.views, self.aug_seed = views, aug_seed
-
-    def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
-
-    def samples_per_shape(self, epochs: int, steps: int | None = None) -> dict:
-        """Samples processed per input shape over `epochs`, or over the first `steps` batches (one shape here:
-        3 x H x W, 3 x 32 x 32 for CIFAR-10)."""
-        n, b = len(self.labels), self.batch_size
-        steps = epochs * len(self) if steps is None else steps
-        full, last = (len(self.local(np.arange(size))) for size in (b, n - (len(self) - 1) * b))  # this rank's
-        per_epoch = (len(self) - 1) * full + last
-        rest = steps % len(self)
-        return {tuple(self.images.shape[1:]): steps // len(self) * per_epoch + (rest * full if rest else 0)}
-
-    def example(self, shape, batch: int):
-        """A real (inputs, labels, key) batch of `batch` samples at `shape` (view 0), for FLOP counting and
-        latency; a small slice is tiled up to the batch size."""
-        idx = np.arange(batch) % len(self.labels)
-        return self.inputs(idx, 0), self.labels[torch.from_numpy(idx)], {"index": idx, "view": np.zeros_like(idx)}
-
-    def inputs(self, idx: np.ndarray, view: np.ndarray | int) -> torch.Tensor:
-        """The normalised inputs of samples `idx` in `view` (a scalar or one view per sample)."""
-        x = self.images[torch.from_numpy(idx)]
-        if self.augment:
-            x = augment(x, self.aug_seed, np.broadcast_to(view, idx.shape), idx)
-        return normalise(x, *self.norm)
-
-    def keyed_epoch(self, epoch: int, start: int = 0):
-        """(inputs, labels, key) batches from batch `start` on (a resumed epoch skips the batches it already
-        trained on, without making them); key = {"index": sample indices, "view": their views this epoch}."""
-        n = len(self.labels)
-        order = rnd.shuffle_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
-        for start in range(start * self.batch_size, n, self.batch_size):
-            idx = self.local(order[start:start + self.batch_size])
-            view = rnd.view_of(self.seed, epoch, idx, self.views)
-            yield self.inputs(idx, view), self.labels[torch.from_numpy(idx)], {"index": idx, "view": view}
-
-    def epoch(self, epoch: int):
-        for x, y, _ in self.keyed_epoch(epoch):
-            yield x, y

@@ -29,4 +29,4 @@ class Sharded:
         return self
 
     def local(self, idx: np.ndarray) -> np.ndarray:
-        return idx[self.rank::self.world] if self.world > 1 else idx
+        return idx[..., self.rank::self.world] if self.world > 1 else idx  # columns of a (k, n) plan too

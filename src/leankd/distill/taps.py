@@ -135,7 +135,8 @@ class Taps:
 
     def _hook(self, name, part: str):
         def hook(module, args, kwargs, output):
-            self.calls += 1
+            if self.truncate:  # counted only where a forward is cut short: under torch.compile a counter that
+                self.calls += 1  # grows across forwards would fail dynamo's guard (a recompile) every step
             h, new = _first(output), None
             if part == "out" and self.summary is not None:
                 self.store.setdefault(name, {})["summary"] = self.summary(module, _layer_input(args, kwargs), h)

@@ -3,7 +3,7 @@ feature losses.
 
     fields = arm_fields(arm, teacher_layers=["layer1.2", "layer2.2"])   # ["logits", "at.layer1.2", "at.layer2.2"]
     shapes = map_shapes(teacher, example, ["layer1.2"])                 # {"at.layer1.2": (32, 32)}
-    cached = CachedTeacher(reader, device)
+    cached = CachedTeacher(reader, device).place(["logits", "at.layer1.2"], on_device="auto")  # tables on the GPU
     logits, feats = cached(key, layers=["layer1.2"])                    # feats {"layer1.2": {"map": (B, 1, H, W)}}
 
 Bounded targets: attention-transfer maps (the channel mean of f^2 at the teacher's resolution, H x W floats per
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from leankd.batching import logits_of
+from leankd.data.placement import Placement, place
 from leankd.distill.losses import attention_map
 from leankd.distill.taps import Taps
 
@@ -66,14 +67,43 @@ def field_bytes(fields: dict[str, tuple[int, ...]], samples: int, views: int, it
 
 
 class CachedTeacher:
-    """Reads a batch's teacher targets from a cache, by batch key {"index", "view"}, as float32 on `device`."""
+    """Reads a batch's teacher targets from a cache, by batch key {"index", "view"}, as float32 on `device`.
+
+    `place(fields)` copies those fields' shards to the device once when they fit (`data.on_device`, the check of
+    data/placement.py; on CPU only when `on`: the memory-mapped shards are read from the page cache), as one
+    (views x samples, ...) table each; a batch is then a gather there, by the key's `on_device` rows (the loader's,
+    already on the device). Otherwise its rows are read from the memory-mapped shards and copied pinned and
+    non-blocking. Both give the same values."""
 
     def __init__(self, reader, device: torch.device):
-        self.reader, self.device = reader, device
+        self.reader, self.device, self.tables = reader, device, {}
+        self.where = Placement(device, False, "teacher cache memory-mapped on the host")
+
+    def place(self, fields: list[str], on_device: str = "auto") -> "CachedTeacher":
+        """`fields` (those the arm reads) copied to the device once, as `on_device` and the memory check say."""
+        if not fields:
+            return self
+        layout, what = self.reader.layout, f"teacher cache ({', '.join(fields)})"
+        if self.device.type == "cpu":  # the page cache serves the memory maps; `on` loads them (tests, small caches)
+            on = on_device == "on"
+            self.where = Placement(self.device, on, f"{what} {'loaded (on)' if on else 'memory-mapped'} on the host")
+        else:
+            nbytes = sum(layout.views * layout.num_samples * int(np.prod(shape)) * dtype.itemsize
+                         for shape, dtype in map(layout.field, fields))
+            self.where = place(on_device, self.device, nbytes, what)
+        if self.where.resident:
+            every = np.arange(layout.views * layout.num_samples)
+            self.tables = {f: torch.from_numpy(self.reader.get(f, every // layout.num_samples,
+                                                               every % layout.num_samples)).to(self.device)
+                           for f in fields}
+        return self
 
     def _read(self, field: str, key: dict) -> torch.Tensor:
+        if field in self.tables and "on_device" in key:
+            index, view = key["on_device"]
+            return self.tables[field][view * self.reader.layout.num_samples + index].float()
         values = self.reader.get(field, key["view"], key["index"])
-        return torch.from_numpy(values).to(self.device, non_blocking=True).float()
+        return self.where.put(torch.from_numpy(values)).float()
 
     def __call__(self, key: dict, layers=(), logits: bool = True) -> tuple[torch.Tensor | None, dict]:
         """(the teacher's logits, or None when not asked; {layer: {"map": (B, 1, H, W)}} for each layer)."""

@@ -38,6 +38,8 @@ NOT_IDENTITY: dict[str, str] = {
     "teacher.shard": "where the online teacher's parameters live in a data parallel run (FSDP), not what it is",
     "metering.latency_batches": "how many batches time the latency figures, not what is trained",
     "metering.latency_warmup": "as metering.latency_batches",
+    "data.on_device": "where the training set and teacher cache live (GPU or host): the batches and targets are "
+                      "bit-identical either way (tests/test_device_data.py)",
     "metering.isolate_arms": "whether a job runs in a child process (its peak memory is measurable), not what it "
                              "trains",
 }
@@ -67,6 +69,8 @@ def row_identity(cfg, arm: str, teacher: list, data_files: list, resolved: dict)
             tree["cache"].pop(name, None)
     if acfg.pairs != "auto":
         tree.pop("ranking")
+    if not cfg.speed.changed():  # rows at the default speed settings keep the identities they had before them
+        tree.pop("speed")
     tree.update(precision=resolved["precision"], device=resolved["device"], data=[tree["data"], data_files],
                 teacher=[teacher, resolved.get("teacher_precision")], arm=acfg.model_dump(mode="json"),
                 views=resolved["views"], cache_key=resolved.get("cache"), matched=resolved.get("targets"),

@@ -147,7 +147,8 @@ class Plan:
         """Everything the cached teacher outputs depend on (the precision as this machine resolves it)."""
         cfg = self.cfg
         return {"teacher": self.key, "weights": teachers.teacher_weights(self.out_dir, self.key),
-                "data": self.data_files, "data_settings": cfg.data.model_dump(mode="json"),
+                "data": self.data_files, "data_settings": cfg.data.settings(),
+                **({"speed": cfg.speed.changed()} if cfg.speed.changed() else {}),
                 "views": self.cache_views(), "aug_seed": cfg.cache.seed,
                 "targets": ["logits", *sorted(map_field(n) for n in self.cache_layout[1])],
                 "precision": self.teacher_precision(), "dtype": cfg.cache.dtype}

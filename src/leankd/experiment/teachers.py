@@ -25,8 +25,8 @@ def teacher_key(cfg, data_files: list[str], module: torch.nn.Module | None = Non
     """Hash of the teacher's settings, the data files' identities, and its checkpoint file or module weights."""
     # precision, shard: how it distils; min_metric: a check on it. None is what the teacher is.
     settings = cfg.teacher.model_dump(mode="json", exclude={"precision", "min_metric", "shard"})
-    ident = {"teacher": settings, "data": cfg.data.model_dump(mode="json"),
-             "precision": cfg.precision, "files": data_files}
+    ident = {"teacher": settings, "data": cfg.data.settings(), "precision": cfg.precision, "files": data_files,
+             **({"speed": cfg.speed.changed()} if cfg.speed.changed() else {})}
     if cfg.teacher.checkpoint:
         if not Path(cfg.teacher.checkpoint).is_file():
             raise CheckpointError(f"checkpoint error: teacher.checkpoint '{cfg.teacher.checkpoint}' "

@@ -22,11 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from leankd import dist
 from leankd.batching import to_device
 from leankd.config import ArmConfig, build_config
+from leankd.data.images import FORMATS
 from leankd.device import resolve_device
 from leankd.distill.distiller import Distiller
 from leankd.distill.ranking import load_or_rank
 from leankd.distill.selection import build_pairs, describe, teacher_indices
+from leankd.distill.targets import arm_fields
 from leankd.errors import CheckpointError, ConfigError, TrainingError
+from leankd.jobs.compiled import compiled_models
 from leankd.jobs.measure import count_train_flops, latency_figures
 from leankd.jobs.spec import JobSpec
 from leankd.jobs.teacher_cache import teacher_cache, teacher_setup
@@ -136,7 +139,7 @@ def prepare(job: Job) -> None:
     job.task = build_task(job.cfg, Path(spec.data_dir), Path(spec.out_dir) / "cache")
     if spec.user_teacher or spec.teacher_path:
         teacher = job.user_teacher if spec.user_teacher else job.task.load(spec.teacher_path)[0]
-        job.teacher = teacher.to(job.device)
+        job.teacher = teacher.to(job.device, memory_format=FORMATS[job.cfg.speed.memory_format])
     torch.manual_seed(spec.seed)  # model init; data randomness is a pure function of (seed, epoch, index)
     if spec.model == "user":  # an nn.Module (copied per job) or a zero-arg factory
         um = job.user_model
@@ -147,7 +150,7 @@ def prepare(job: Job) -> None:
         job.model_name = spec.model if spec.init_layers is None else f"{spec.model}{spec.init_layers}"
     if spec.weights:
         load_weights(job.model, spec.weights)
-    job.model = job.model.to(job.device)
+    job.model = job.model.to(job.device, memory_format=FORMATS[job.cfg.speed.memory_format])  # 4-d weights only
     if job.optim.freeze_embeddings and hasattr(job.model, "get_input_embeddings"):
         job.model.get_input_embeddings().requires_grad_(False)  # the optimiser then skips it (build_optimizer)
 
@@ -158,6 +161,7 @@ def build_distiller(job: Job) -> None:
     teacher = job.teacher if spec.distil else None  # else the teacher only initialised the student's layers
     job.loader = job.task.train_loader(job.optim.batch_size, spec.seed, views=spec.views)
     job.loader.shard(job.world.rank, job.world.size)  # this rank's share of each global batch
+    job.loader.place(job.device, job.cfg.data.on_device)  # the training set on the GPU once, when it fits
     pairs = []
     if arm.pairs:
         if arm.pairs == "auto":
@@ -173,6 +177,9 @@ def build_distiller(job: Job) -> None:
                               regression=job.task.is_regression, pairs=pairs, example=example, cached=job.cached,
                               teacher_autocast=job.teacher_autocast)
     job.reference_teacher = None
+    if job.cached is not None:  # the fields this arm reads, copied to the device once when they fit
+        job.cached.place(arm_fields(arm, list(dict.fromkeys(p.teacher for p in pairs))), job.cfg.data.on_device)
+    job.extra["data_placement"] = [job.loader.where.reason] + ([job.cached.where.reason] if job.cached else [])
     _shard_teacher(job)
     if job.cached is not None:
         job.teacher = None  # training reads the cache: the teacher is not kept in memory
@@ -219,7 +226,8 @@ def train(job: Job) -> None:
             resume = Resume(ckpt["path"], ckpt["identity"], ckpt["every_s"], ckpt["every_steps"],
                             write=job.world.main) if ckpt else None
             job.parallel = _parallel(job)
-            with EnergyMeter(job.device) as meter:
+            # speed.compile: compiled and warmed up before the meter and fit()'s clock start (extra.compile)
+            with compiled_models(job), EnergyMeter(job.device) as meter:
                 stats = fit(job.parallel, job.loader, job.optimizer, job.scheduler, job.prec, job.epochs,
                             job.device, tag=job.spec.tag, resume=resume, max_growth=job.cfg.guard.max_loss_growth,
                             max_steps=job.steps)

@@ -227,6 +227,7 @@ def teacher_cache(job) -> None:
         reader = cache.reader()
     except CheckpointError:  # absent or damaged: build it (under a lock; another process may finish it first)
         loader = job.task.train_loader(job.optim.batch_size, spec.seed, views=spec.views)
+        loader.place(job.device, job.cfg.data.on_device)  # views made on the device, as training makes them
         job.teacher.eval()
         dtype, maps = spec.cache["dtype"], spec.cache.get("maps", {})
         fields = {"logits": ((job.task.num_outputs,), dtype),

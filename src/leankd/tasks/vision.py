@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leankd.data.cifar10 import MEAN, STD, VisionLoader, cifar10_splits
+from leankd.data.cifar10 import cifar10_splits
+from leankd.data.images import FORMATS, MEAN, STD, VisionLoader
 from leankd.models import create_model
 from leankd.models.checkpoint import load_weights, save_model
 from leankd.tasks.metrics import classification_metrics
@@ -34,24 +35,27 @@ class VisionTask:
     def train_loader(self, batch_size: int, seed: int, views: int = 1) -> VisionLoader:
         """Shuffled, augmented batches; augmentation views are a pure function of (cache.seed, view, index)."""
         return VisionLoader(*self.splits["train"], batch_size=batch_size, seed=seed, augment=self.cfg.data.augment,
-                            shuffle=True, views=views, aug_seed=self.cfg.cache.seed, norm=self.norm)
+                            shuffle=True, views=views, aug_seed=self.cfg.cache.seed, norm=self.norm,
+                            memory_format=self.cfg.speed.memory_format)
 
     def num_train(self) -> int:
         return len(self.splits["train"][1])
 
     def eval_loader(self, split: str, batch_size: int) -> VisionLoader | None:
         data = self.splits.get(split)
-        return VisionLoader(*data, batch_size=batch_size, norm=self.norm) if data is not None else None
+        return VisionLoader(*data, batch_size=batch_size, norm=self.norm,
+                            memory_format=self.cfg.speed.memory_format) if data is not None else None
 
     def calibration_loader(self, n: int, batch_size: int, seed: int) -> VisionLoader:
         """A fixed random sample of n training images, not augmented (for layer ranking)."""
         images, labels = self.splits["train"]
         idx = np.sort(np.random.default_rng(seed).permutation(len(labels))[:n])
-        return VisionLoader(images[idx], labels[idx], batch_size=batch_size, norm=self.norm)
+        return VisionLoader(images[idx], labels[idx], batch_size=batch_size, norm=self.norm,
+                            memory_format=self.cfg.speed.memory_format)
 
     def build_model(self, name: str, init_layers=None, teacher=None) -> torch.nn.Module:
         """The registry model `name` (init_layers apply to text students only; the config refuses them here)."""
-        return create_model(name, self.num_outputs).to(memory_format=torch.channels_last)
+        return create_model(name, self.num_outputs).to(memory_format=FORMATS[self.cfg.speed.memory_format])
 
     def metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         return classification_metrics(logits.argmax(-1), labels)
