@@ -143,3 +143,13 @@ def test_a_features_only_arm_compiles_its_student_and_runs_its_cut_short_teacher
     info = rows["feat"]["extra"]["compile"]
     assert info["compiled"] == ["student"] and "features-only" in info["eager"]["teacher"]
     assert rows["feat"]["teacher_s"] > 0 and rows["feat"]["metrics"]["agreement"] >= 0
+
+
+def test_the_report_shows_compile_seconds_apart_from_total_s(compiled_run):
+    from leankd.report.table import summarise, to_markdown
+
+    rows, _ = compiled_run
+    header = to_markdown(summarise(list(rows.values())), "t").split("compile_s (not in total_s)")
+    assert len(header) == 2  # one column, beside total_s, only when a row was compiled
+    plain = [{**r, "extra": {k: v for k, v in r["extra"].items() if k != "compile"}} for r in rows.values()]
+    assert "compile_s" not in to_markdown(summarise(plain), "t")

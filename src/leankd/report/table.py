@@ -145,6 +145,7 @@ def _summarise_group(arm: str, config_hash: Any, runs: list[dict], older: bool) 
     s["standalone_s"] = _stats([_standalone(r, "s") for r in runs])
     s["standalone_flops"] = _stats([_standalone(r, "flops") for r in runs])
     s["teacher"] = _joined([(r.get("extra") or {}).get("teacher_source", "").split(":")[0] or None for r in runs])
+    s["compile_s"] = _stats([((r.get("extra") or {}).get("compile") or {}).get("compile_s") for r in runs])
     sizes = _distinct([r.get("infer_batch_size") for r in runs])
     s["infer_batch_size"] = sizes[0] if len(sizes) == 1 else (sizes or None)
     s["energy_source"] = _joined([r.get("energy_source") for r in runs])
@@ -280,6 +281,8 @@ def to_markdown(summary: list[dict], title: str) -> str:
         columns.append(("teacher", lambda s: s.get("teacher") or _NA))
     columns += [(f, lambda s, f=f: _pm(s[f], _num))
                 for f in ("train_s", "teacher_s", "cache_share_s", "ranking_share_s", "total_s")]
+    if any(s.get("compile_s") for s in summary):  # speed.compile: its seconds, reported apart from total_s
+        columns.append(("compile_s (not in total_s)", lambda s: _pm(s["compile_s"], _num) if s["compile_s"] else "-"))
     columns += [("train_flops", lambda s: _flops(s["train_flops"]))]
     if cached:
         columns.append(("total_flops", lambda s: _flops(s["total_flops"])))
