@@ -137,11 +137,12 @@ class TextLoader(Sharded):
         "on_device": the two as rows of a tensor on the device}. The epoch's order is copied to the device once."""
         batches = self.batches(epoch)
         ends = np.cumsum([0] + [len(b) for b in batches])
-        order = self.where.put(torch.from_numpy(np.concatenate(batches) if batches else np.zeros(0, np.int64)))
+        order = np.concatenate(batches) if batches else np.zeros(0, np.int64)
+        keys = self.where.put(torch.from_numpy(np.stack([order, np.zeros_like(order)])))  # (index, view) rows, once
         for k in range(start, len(batches)):
-            idx, dev = self.local(batches[k]), self.local(order[ends[k]:ends[k + 1]])
-            x, y = self.collate(idx, on_device=dev)
-            yield x, y, {"index": idx, "view": np.zeros_like(idx), "on_device": torch.stack([dev, dev * 0])}
+            idx, dev = self.local(batches[k]), self.local(keys[:, ends[k]:ends[k + 1]])
+            x, y = self.collate(idx, on_device=dev[0])
+            yield x, y, {"index": idx, "view": np.zeros_like(idx), "on_device": dev}
 
     def epoch(self, epoch: int):
         for x, y, _ in self.keyed_epoch(epoch):
